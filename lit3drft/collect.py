@@ -1,0 +1,124 @@
+"""``python -m lit3drft.collect [EXPERIMENT ...]``: runs -> pandas tables (mean ± std over seeds) and curves.
+
+For each experiment, reads ``results/<experiment>/runs.csv`` (one row per finished run, written by
+``lit3drft.sweep``), groups by the swept keys other than ``seed`` and writes ``table.csv`` (mean, std, n
+per metric) and ``table.md`` (``mean ± std (n)``). ``curves(experiment)`` reads the TensorBoard event
+files of its runs into a tidy DataFrame (run, stage, tag, step, value) for plotting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+META_COLUMNS = ("run", "wall_time_s", "commit", "device")
+
+DEFAULT_METRICS = (
+    "test/detection/precision",
+    "test/detection/recall",
+    "test/detection/f1",
+    "test/grounding/acc@0.25",
+    "test/grounding/acc@0.5",
+    "test/spatial/overall",
+    "test/format_rate",
+    "test/reward",
+)
+"""Columns shown in ``table.md`` when present (``table.csv`` keeps every metric)."""
+
+
+def load_runs(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
+    path = Path(results_dir) / experiment / "runs.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no runs yet; run python -m lit3drft.sweep experiments/{experiment}.yaml")
+    return pd.read_csv(path)
+
+
+def split_columns(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """``(swept keys, metric columns)``: metrics are the ``val/...`` and ``test/...`` columns."""
+    metrics = [c for c in runs.columns if c.startswith(("val/", "test/"))]
+    keys = [c for c in runs.columns if c not in metrics and c not in META_COLUMNS]
+    return keys, metrics
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and n over seeds for every metric, one row per setting of the other swept keys.
+
+    Example:
+        >>> runs = pd.DataFrame({"run": list("abcd"), "grpo.beta": [0, 0, 0.1, 0.1], "seed": [0, 1, 0, 1],
+        ...                      "test/f1": [0.2, 0.4, 0.5, 0.5]})
+        >>> summarise(runs)[["grpo.beta", "test/f1 mean", "test/f1 n"]].to_dict("list")
+        {'grpo.beta': [0.0, 0.1], 'test/f1 mean': [0.3, 0.5], 'test/f1 n': [2, 2]}
+    """
+    keys, metrics = split_columns(runs)
+    group_keys = [k for k in keys if k != "seed"]
+    if not metrics:
+        raise ValueError(f"no val/ or test/ metric columns in runs (columns: {list(runs.columns)})")
+    agg = runs.groupby(group_keys, sort=False, dropna=False)[metrics] if group_keys else runs[metrics]
+    if group_keys:
+        stats = agg.agg(["mean", "std", "count"])
+        stats.columns = [f"{m} {'n' if s == 'count' else s}" for m, s in stats.columns]
+        return stats.reset_index()
+    row = {f"{m} {s}": v for m in metrics for s, v in (("mean", runs[m].mean()), ("std", runs[m].std()), ("n", runs[m].count()))}
+    return pd.DataFrame([row])
+
+
+def markdown_table(summary: pd.DataFrame, metrics: list[str] | None = None, scale: float = 100.0) -> str:
+    """``mean ± std (n)`` cells (× ``scale``) for the chosen metrics, keys first."""
+    key_cols = [c for c in summary.columns if not c.endswith((" mean", " std", " n"))]
+    present = sorted({c.rsplit(" ", 1)[0] for c in summary.columns if c.endswith(" mean")})
+    wanted = [m for m in (metrics or DEFAULT_METRICS) if m in present] or present
+    header = [*key_cols, *(m.removeprefix("test/") for m in wanted)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [str(row[c]) for c in key_cols]
+        for m in wanted:
+            mean, std, n = row[f"{m} mean"], row[f"{m} std"], int(row[f"{m} n"])
+            std_txt = "–" if pd.isna(std) else f"{std * scale:.1f}"
+            cells.append(f"{mean * scale:.1f} ± {std_txt} ({n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
+    """Scalars from every run's TensorBoard files: columns run, stage, tag, step, value."""
+    rows = []
+    for event_dir in sorted((Path(runs_root) / experiment).glob("*/tb/*")):
+        acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        run, stage = event_dir.parent.parent.name, event_dir.name
+        for tag in acc.Tags().get("scalars", []):
+            rows += [(run, stage, tag, ev.step, ev.value) for ev in acc.Scalars(tag)]
+    return pd.DataFrame(rows, columns=["run", "stage", "tag", "step", "value"])
+
+
+def collect(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
+    """Write ``table.csv`` and ``table.md`` for ``experiment``; return the summary."""
+    runs = load_runs(experiment, results_dir)
+    summary = summarise(runs)
+    out = Path(results_dir) / experiment
+    summary.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown_table(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lit3drft.collect", description=__doc__.splitlines()[0])
+    parser.add_argument("experiments", nargs="*", help="experiment names (default: every results/<name>/runs.csv)")
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    names = args.experiments or sorted(p.parent.name for p in Path(args.results_dir).glob("*/runs.csv"))
+    if not names:
+        print(f"no runs.csv under {args.results_dir}/", file=sys.stderr)
+        return 1
+    for name in names:
+        collect(name, args.results_dir)
+        print(f"## {name}\n{(Path(args.results_dir) / name / 'table.md').read_text()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

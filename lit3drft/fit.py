@@ -1,0 +1,233 @@
+"""``python -m lit3drft.fit CONFIG.yaml [key=value ...] [--resume]``: run an experiment's stages, then test.
+
+A run is a list of stages (``sft``, ``grpo``), each a ``lightning.Trainer.fit`` starting from the previous
+stage's weights, followed by greedy evaluation of ``eval.splits``. The run directory
+(``<output_dir>/<experiment>/<run_name>``) holds ``config.yaml``, per-stage ``checkpoints/`` and
+``trainable.pt``, TensorBoard and CSV logs, ``predictions.jsonl`` and, written last, ``metrics.json``.
+Re-running a finished run does nothing; ``--resume`` continues an interrupted one from its last checkpoint.
+This module is the only place where config turns into objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lit3drft import sweep
+from lit3drft.config import ConfigError, RunConfig, StageConfig, describe, load_config, run_dir_of, to_yaml
+from lit3drft.data.datamodule import LitDataModule
+from lit3drft.models import build_policy
+from lit3drft.modules.base import PolicyModule
+from lit3drft.modules.sft import SFTModule
+from lit3drft.runinfo import device_description, git_commit, write_json_atomic
+
+STAGE_DONE = "trainable.pt"
+
+
+def stage_name(index: int, stage: StageConfig) -> str:
+    return f"{index}-{stage.name or stage.kind}"
+
+
+def precision_of(cfg: RunConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> LitDataModule:
+    """The DataModule for a stage (its data mix) or for evaluation (``stage=None``)."""
+    with_answer = stage is not None and stage.kind == "sft"
+
+    def collate(samples: list) -> dict[str, Any]:
+        return {"inputs": policy.collate(samples, with_answer=True)} if with_answer else {}
+
+    batch_size = stage.batch_size if stage is not None else cfg.eval.batch_size
+    sources = stage.sources if stage is not None else None
+    return LitDataModule(cfg.data, collate_fn=collate, batch_size=batch_size, sources=sources, seed=cfg.seed)
+
+
+def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: LitDataModule) -> PolicyModule:
+    kwargs = dict(
+        policy=policy,
+        stage=stage,
+        reward_cfg=cfg.reward,
+        eval_cfg=cfg.eval,
+        detection_classes=dm.detection_classes,
+    )
+    if stage.kind == "sft":
+        return SFTModule(**kwargs)
+    from lit3drft.modules.grpo import GRPOModule  # GRPO pulls in generation-only code
+
+    return GRPOModule(grpo_cfg=cfg.grpo, **kwargs)
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, name: str, stage: StageConfig | None) -> L.Trainer:
+    t = cfg.trainer
+    callbacks: list[Any] = []
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    loggers: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if stage is not None:
+        callbacks += [
+            ModelCheckpoint(
+                dirpath=run_dir / "stages" / name / "checkpoints",
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=t.checkpoint_every_n_steps,
+            ),
+            LearningRateMonitor(logging_interval="step"),
+        ]
+        loggers = [
+            TensorBoardLogger(save_dir=run_dir, name="tb", version=name, default_hp_metric=False),
+            CSVLogger(save_dir=run_dir, name="csv", version=name),
+        ]
+        kwargs = dict(
+            max_steps=stage.max_steps,
+            max_epochs=-1,
+            val_check_interval=t.val_every_n_steps or None,
+            check_val_every_n_epoch=None,
+            limit_val_batches=t.limit_val_batches if t.val_every_n_steps else 0,
+            log_every_n_steps=t.log_every_n_steps,
+            accumulate_grad_batches=stage.accumulate_grad_batches if stage.kind == "sft" else 1,
+            gradient_clip_val=(stage.gradient_clip_val or None) if stage.kind == "sft" else None,
+        )
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=_devices(t.devices),
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=precision_of(cfg),
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=stage is not None,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        deterministic=t.deterministic,
+        num_sanity_val_steps=0,
+        default_root_dir=run_dir,
+        **kwargs,
+    )
+
+
+def _devices(value: str) -> Any:
+    return int(value) if value.isdigit() else value
+
+
+def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> PolicyModule | None:
+    """Train each stage in order; a finished stage (``trainable.pt`` present) is loaded, not re-run."""
+    module = None
+    for i, stage in enumerate(cfg.stages):
+        name = stage_name(i, stage)
+        stage_dir = run_dir / "stages" / name
+        done = stage_dir / STAGE_DONE
+        dm = build_datamodule(cfg, policy, stage)
+        module = build_module(cfg, policy, stage, dm)
+        if done.exists():
+            print(f"[lit3drft] stage {name}: finished earlier, loading {done}")
+            module.policy.load_state_dict(torch.load(done, map_location="cpu"), strict=False)
+            continue
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        ckpt = str(last) if resume and last.exists() else None
+        print(f"[lit3drft] stage {name}: {stage.kind}, {stage.max_steps} steps" + (f", resuming {last}" if ckpt else ""))
+        trainer = build_trainer(cfg, run_dir, name, stage)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        if trainer.is_global_zero:
+            trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
+            torch.save(trainable, done)
+    return module
+
+
+def evaluate_splits(cfg: RunConfig, policy: Any, module: PolicyModule, run_dir: Path) -> dict[str, float]:
+    """Greedy evaluation of ``cfg.eval.splits``; writes ``predictions.jsonl`` for the last split tested."""
+    dm = build_datamodule(cfg, policy, None)
+    trainer = build_trainer(cfg, run_dir, "eval", None)
+    metrics: dict[str, float] = {}
+    for split in cfg.eval.splits:
+        if split == "val":
+            results = trainer.validate(module, datamodule=dm, verbose=False)
+        elif split == "test":
+            results = trainer.test(module, datamodule=dm, verbose=False)
+            if cfg.eval.write_predictions and trainer.is_global_zero:
+                module.write_predictions(run_dir / "predictions.jsonl")
+        else:
+            raise ConfigError(f"bad value {split!r} in 'eval.splits'; valid choices: val, test")
+        for row in results:
+            metrics.update({k: float(v) for k, v in row.items()})
+    return metrics
+
+
+def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return what ``metrics.json`` holds."""
+    run_dir = run_dir_of(cfg)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists() and not force:
+        print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
+        return json.loads(metrics_file.read_text())
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
+        raise SystemExit(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    policy = build_policy(cfg.model)
+    module = run_stages(cfg, policy, run_dir, resume)
+    assert module is not None, "a run needs at least one stage"
+    metrics = evaluate_splits(cfg, policy, module, run_dir)
+    payload = {
+        "metrics": metrics,
+        "wall_time_s": round(time.time() - start, 1),
+        "commit": git_commit(),
+        "device": device_description(),
+        "experiment": cfg.experiment,
+        "run_name": cfg.run_name or "run",
+    }
+    write_json_atomic(metrics_file, payload)
+    print(f"[lit3drft] wrote {metrics_file}")
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lit3drft.fit", description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="experiment YAML (omit with --help-config)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. grpo.beta=0.04")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="re-run even if the run directory is finished")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)  # one grid point (lit3drft.sweep)
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        for key, default, doc in describe():
+            print(f"{key} = {default}\n    {doc}")
+        return 0
+    if args.config is None:
+        parser.error("a config file is required")
+    try:
+        # a file with a sweep: block is a grid: run it (or the points the overrides pin)
+        if not args.point and not args.print_config and sweep.has_sweep(args.config):
+            return 0 if sweep.sweep(args.config, args.overrides) else 1
+        cfg = load_config(args.config, [*args.overrides, *(["sweep=null"] if args.point else [])])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    fit(cfg, resume=args.resume, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""What the SFT and GRPO modules share: the policy, the optimiser, evaluation and trainable-only checkpoints.
+
+Validation and test decode greedily and feed ``TaskMetrics`` (the reward library's Metric classes), so
+the numbers a run reports are computed by the same parsing and IoU code the GRPO reward uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit3drft.config import EvalConfig, StageConfig
+from lit3drft.rewards import RewardConfig, TaskMetrics, score_completions
+from lit3drft.rewards.parsing import parse_answer
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``.
+
+    Example:
+        >>> [round(warmup_cosine(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
+        [0.333, 0.667, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class PolicyModule(L.LightningModule):
+    """Base LightningModule: holds the policy, evaluates with ``TaskMetrics``, saves trainable weights only."""
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        stage: StageConfig,
+        reward_cfg: RewardConfig,
+        eval_cfg: EvalConfig,
+        detection_classes: list[str],
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.stage = stage
+        self.reward_cfg = reward_cfg
+        self.eval_cfg = eval_cfg
+        self.val_metrics = TaskMetrics(reward_cfg, detection_classes=detection_classes)
+        self.test_metrics = TaskMetrics(reward_cfg, detection_classes=detection_classes)
+        self.strict_loading = False  # checkpoints hold trainable weights only
+        self.predictions: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ optimiser
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = self.trainable_parameters()
+        if not params:
+            raise ValueError("the policy has no trainable parameters: check model.finetune and model.freeze")
+        opt = torch.optim.AdamW(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
+        total = self.stage.max_steps
+        warmup = int(round(self.stage.warmup_ratio * total))
+        sched = LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, self.stage.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: dict[str, Any], metrics: TaskMetrics, keep: bool) -> None:
+        samples, targets = batch["samples"], batch["targets"]
+        was_training = self.policy.training
+        self.policy.eval()
+        completions = self.policy.generate(samples, max_new_tokens=self.eval_cfg.max_new_tokens)
+        self.policy.train(was_training)
+        metrics.update(completions, targets)
+        if keep:
+            self._keep_predictions(samples, completions, targets)
+
+    def _keep_predictions(self, samples: list, completions: list[str], targets: list[dict]) -> None:
+        out = score_completions(completions, targets, self.reward_cfg)
+        for i, (sample, text) in enumerate(zip(samples, completions)):
+            components = {k: round(float(v[i]), 6) for k, v in out.components.items() if bool(out.masks[k][i])}
+            self.predictions.append(
+                {
+                    "id": sample.id,
+                    "task": sample.task,
+                    "mode": sample.mode,
+                    "completion": text,
+                    "parsed": parse_answer(text, sample.task),
+                    "reward": round(float(out.total[i]), 6),
+                    "components": components,
+                }
+            )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, keep=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions = []
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, keep=self.eval_cfg.write_predictions)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: TaskMetrics, prefix: str) -> None:
+        values = metrics.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
+        metrics.reset()
+
+    def write_predictions(self, path: Path) -> None:
+        """Write the last test pass's per-sample rows (``predictions.jsonl``)."""
+        with open(path, "w") as fh:
+            for row in self.predictions:
+                fh.write(json.dumps(row, default=_jsonable) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable weights (LoRA adapters, geometry prior, or everything under full FT)."""
+        trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return str(obj)

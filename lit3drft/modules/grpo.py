@@ -1,0 +1,145 @@
+"""GRPO with in-loop generation (manual optimisation): the 3D-RFT RL stage, readable top to bottom.
+
+One ``training_step`` = one rollout batch of B prompts:
+  1. sample G completions per prompt (frames encoded and prompt prefilled once per prompt, KV cache reused);
+  2. score each completion against its own prompt's target with the reward registry;
+  3. group advantages;
+  4. mu passes over micro-batches of completions (loss backward chunking): policy log-probs, reference
+     log-probs through the disabled adapter when beta > 0, clipped loss + beta * KL, backward;
+     clip, optimiser step, scheduler step after each pass.
+All maths lives in ``lit3drft.algorithms.grpo``; all reward logic in ``lit3drft.rewards``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lit3drft.algorithms.config import GRPOConfig
+from lit3drft.algorithms.grpo import group_advantages, grpo_loss
+from lit3drft.modules.base import PolicyModule
+from lit3drft.rewards import score_completions
+
+
+class GRPOModule(PolicyModule):
+    """RL stage: batches carry ``samples`` and ``targets``; optimiser steps = rollout batches x mu."""
+
+    def __init__(self, grpo_cfg: GRPOConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.grpo = grpo_cfg
+        self.automatic_optimization = False
+
+    # ------------------------------------------------------------------ one rollout batch
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        cfg, G = self.grpo, self.grpo.num_generations
+        samples, targets = batch["samples"], batch["targets"]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            rollout = self.policy.generate_group(
+                samples,
+                num_generations=G,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                max_new_tokens=cfg.max_new_tokens,
+            )
+        t1 = time.perf_counter()
+        # row r of the rollout belongs to prompt r // G: each completion is scored against its own target
+        row_targets = [targets[r // G] for r in range(len(rollout.texts))]
+        rewards = score_completions(rollout.texts, row_targets, self.reward_cfg)
+        t2 = time.perf_counter()
+
+        device = rollout.completion_ids.device
+        total = rewards.total.to(device=device, dtype=torch.float32)  # (B*G,)
+        advantages = group_advantages(total, G, cfg.scale_rewards)  # (B*G,)
+        mask = rollout.completion_mask.float()  # (B*G, T)
+        if cfg.mask_truncated_completions:
+            mask = mask * (~rollout.truncated).float().unsqueeze(1)
+        group_std = total.view(-1, G).std(dim=1)  # (B,)
+        zero_std = group_std < 1e-6
+        keep = torch.ones_like(total, dtype=torch.bool)
+        if cfg.dynamic_sampling != "off":  # "resample" is handled as "skip" inside one step (see README)
+            keep = (~zero_std).repeat_interleave(G)
+        rows = keep.nonzero().flatten().tolist()
+
+        stats = self._optimise(rollout, advantages, mask, rows) if rows and mask[rows].sum() > 0 else {}
+        t3 = time.perf_counter()
+        self._log_step(rollout, rewards, advantages, zero_std, stats, (t0, t1, t2, t3))
+
+    def _optimise(self, rollout: Any, advantages: torch.Tensor, mask: torch.Tensor, rows: list[int]) -> dict:
+        cfg = self.grpo
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        old_logp = None
+        if cfg.num_iterations > 1:  # off-policy after the first pass: keep pi_old's log-probs
+            with torch.no_grad():
+                old_logp = self._logprobs_in_chunks(rollout, rows)
+        ref_logp = None
+        if cfg.beta > 0:
+            with torch.no_grad(), self.policy.reference():
+                ref_logp = self._logprobs_in_chunks(rollout, rows)
+        n_tokens = mask[rows].sum()
+        acc: dict[str, list[torch.Tensor]] = {}
+        for _ in range(cfg.num_iterations):
+            for start in range(0, len(rows), cfg.micro_batch_size):
+                chunk = rows[start : start + cfg.micro_batch_size]
+                idx = torch.tensor(chunk, device=mask.device)
+                logp = self.policy.sequence_logprobs(rollout, rows=chunk)  # (b, T)
+                old = old_logp[idx] if old_logp is not None else logp.detach()
+                ref = ref_logp[idx] if ref_logp is not None else None
+                loss, st = grpo_loss(
+                    logp,
+                    old,
+                    ref,
+                    advantages[idx],
+                    mask[idx],
+                    cfg,
+                    num_items_in_batch=n_tokens,
+                    num_sequences=len(rows),
+                )
+                self.manual_backward(loss)
+                for k, v in st.items():
+                    acc.setdefault(k, []).append(v.detach().float())
+            if cfg.max_grad_norm > 0:
+                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        return {k: torch.stack(v).mean() for k, v in acc.items()}
+
+    def _logprobs_in_chunks(self, rollout: Any, rows: list[int]) -> torch.Tensor:
+        """Log-probs of every rollout row (rows not in ``rows`` stay 0), computed micro-batch by micro-batch."""
+        out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+        for start in range(0, len(rows), self.grpo.micro_batch_size):
+            chunk = rows[start : start + self.grpo.micro_batch_size]
+            out[torch.tensor(chunk, device=out.device)] = self.policy.sequence_logprobs(rollout, rows=chunk).float()
+        return out
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(self, rollout: Any, rewards: Any, advantages: torch.Tensor, zero_std: torch.Tensor,
+                  stats: dict, times: tuple[float, float, float, float]) -> None:  # fmt: skip
+        t0, t1, t2, t3 = times
+        lengths = rollout.completion_mask.sum(dim=1).float()
+        n = len(rollout.texts)
+        logs = {
+            "train/reward": rewards.total.float().mean(),
+            "train/reward_std": rewards.total.float().std() if n > 1 else torch.tensor(0.0),
+            "train/advantage_abs_mean": advantages.abs().mean(),
+            "train/advantage_std": advantages.std() if n > 1 else torch.tensor(0.0),
+            "train/completion_length": lengths.mean(),
+            "train/completion_length_max": lengths.max(),
+            "train/truncated_share": rollout.truncated.float().mean(),
+            "train/zero_std_groups": zero_std.float().mean(),
+            "time/generation_s": torch.tensor(t1 - t0),
+            "time/reward_s": torch.tensor(t2 - t1),
+            "time/optimisation_s": torch.tensor(t3 - t2),
+            "time/generated_tokens_per_s": lengths.sum() / max(t1 - t0, 1e-9),
+        }
+        for name, value in rewards.components.items():
+            m = rewards.masks[name]
+            if bool(m.any()):
+                logs[f"train/reward/{name}"] = value[m].float().mean()
+        logs.update({f"train/{k}": v for k, v in stats.items()})
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}, batch_size=n)

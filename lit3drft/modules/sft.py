@@ -1,0 +1,24 @@
+"""SFT: cross-entropy on the answer tokens only (prompt, frames and padding masked)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit3drft.algorithms.sft import answer_only_cross_entropy
+from lit3drft.modules.base import PolicyModule
+
+
+class SFTModule(PolicyModule):
+    """Supervised warm-up; batches carry ``inputs`` built by ``policy.collate(samples, with_answer=True)``."""
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        inputs = batch["inputs"]
+        labels = inputs["labels"]
+        logits = self.policy(inputs).logits  # (B, T, V)
+        loss = answer_only_cross_entropy(logits, labels)
+        n_tokens = (labels[:, 1:] != -100).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        self.log("train/answer_tokens", n_tokens.float(), batch_size=labels.shape[0])
+        return loss

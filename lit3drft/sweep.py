@@ -1,0 +1,273 @@
+"""``python -m lit3drft.sweep EXPERIMENT.yaml [key=value ...] [--scale smoke|small|full] [--jobs N]``.
+
+Expands the config's ``sweep:`` block (cartesian product, seeds included) into runs with stable names,
+skips finished runs, resumes interrupted ones, and after each run appends one row to
+``results/<experiment>/runs.csv`` (swept keys, final metrics, wall time, commit, device), written
+atomically and de-duplicated by run name, so a kill never loses or duplicates a row.
+
+A sweep key is either a dotted config key with a list of values (``grpo.beta: [0, 0.04]``) or a *named
+variant group*: a name that is not a config key, mapping variant names to override mappings, e.g.::
+
+    sweep:
+      strategy:
+        sft: {stages: [{kind: sft, max_steps: 60}]}
+        sft_rl: {stages: [{kind: sft, max_steps: 40}, {kind: grpo, max_steps: 20}]}
+      seed: [0, 1, 2]
+
+``key=value`` overrides that pin swept keys (``strategy=sft_rl seed=1``) select part of the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of
+
+SCALES = ("smoke", "small", "full")
+
+SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
+    # The grids' files describe the "full" scale; smaller scales shrink steps and data, never the grid.
+    "smoke": {"steps": 0.02, "min_steps": 2, "overrides": ["data.max_eval_samples=8", "eval.max_new_tokens=64"]},
+    "small": {"steps": 0.5, "min_steps": 4, "overrides": ["data.max_eval_samples=96"]},
+    "full": {"steps": 1.0, "min_steps": 1, "overrides": []},
+}
+"""Per scale: factor on every stage's ``max_steps`` (at least ``min_steps``) and extra overrides."""
+
+
+def expand_grid(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every point of the grid as ``{sweep key: value or variant name}``, in a stable order.
+
+    Example:
+        >>> expand_grid({"grpo.beta": [0, 0.04], "seed": [0, 1]})
+        [{'grpo.beta': 0, 'seed': 0}, {'grpo.beta': 0, 'seed': 1}, {'grpo.beta': 0.04, 'seed': 0}, {'grpo.beta': 0.04, 'seed': 1}]
+    """
+    keys = list(sweep)
+    axes = []
+    for key in keys:
+        values = sweep[key]
+        if isinstance(values, dict):
+            axes.append(list(values))  # named variants
+        elif isinstance(values, list) and values:
+            axes.append(values)
+        else:
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values or a mapping of named variants")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """Stable, readable run name: ``beta=0.04__seed=1`` (full dotted key when the last part is ambiguous).
+
+    Example:
+        >>> run_name({"grpo.beta": 0.04, "strategy": "sft_rl", "seed": 1})
+        'beta=0.04__strategy=sft_rl__seed=1'
+    """
+    lasts = [k.split(".")[-1] for k in point]
+    parts = []
+    for key, value in point.items():
+        short = key.split(".")[-1]
+        label = short if lasts.count(short) == 1 else key
+        parts.append(f"{label}={value}".replace("/", "_").replace(" ", ""))
+    return "__".join(parts)
+
+
+def point_overrides(sweep: dict[str, Any], point: dict[str, Any]) -> list[str]:
+    """Dotted ``key=value`` overrides that realise one grid point (variants expanded)."""
+    out = []
+    for key, value in point.items():
+        spec = sweep[key]
+        if isinstance(spec, dict):
+            for k, v in flatten_variant(spec[value]).items():
+                out.append(f"{k}={_yaml_value(v)}")
+        else:
+            out.append(f"{key}={_yaml_value(value)}")
+    return out
+
+
+def flatten_variant(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Nested variant overrides -> dotted keys, keeping lists whole (``stages`` stays one value)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flatten_variant(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def select_points(sweep: dict[str, Any], overrides: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Grid points matching the overrides that pin swept keys, and the remaining (non-swept) overrides."""
+    pins: dict[str, str] = {}
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in sweep:
+            pins[key] = value
+        else:
+            rest.append(item)
+    points = [p for p in expand_grid(sweep) if all(_yaml_value(p[k]) == v or str(p[k]) == v for k, v in pins.items())]
+    if pins and not points:
+        raise ConfigError(f"no grid point matches {pins}; sweep keys and values: {sweep}")
+    return points, rest
+
+
+def scale_overrides(cfg: RunConfig, scale: str) -> list[str]:
+    """Overrides that shrink ``cfg`` to ``scale`` (steps of every stage, evaluation data)."""
+    if scale not in SCALES:
+        raise ConfigError(f"bad --scale {scale!r}; valid choices: {', '.join(SCALES)}")
+    spec = SCALE_OVERRIDES[scale]
+    out = list(spec["overrides"])
+    for i, stage in enumerate(cfg.stages):
+        steps = max(spec["min_steps"], int(round(stage.max_steps * spec["steps"])))
+        out.append(f"stages.{i}.max_steps={steps}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def results_file(cfg: RunConfig, results_dir: str | Path = "results") -> Path:
+    return Path(results_dir) / cfg.experiment / "runs.csv"
+
+
+def append_row(path: Path, row: dict[str, Any]) -> bool:
+    """Add ``row`` to ``path`` unless a row with the same ``run`` exists; atomic rewrite. True if added."""
+    rows = read_rows(path)
+    if any(r.get("run") == row["run"] for r in rows):
+        return False
+    rows.append({k: "" if v is None else v for k, v in row.items()})
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".runs.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return True
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def result_row(cfg: RunConfig, point: dict[str, Any], metrics_payload: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"run": cfg.run_name}
+    row.update({k: v for k, v in point.items()})
+    row.update(metrics_payload.get("metrics", {}))
+    for key in ("wall_time_s", "commit", "device"):
+        row[key] = metrics_payload.get(key)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def run_point(path: str, overrides: list[str], resume: bool = True, quiet: bool = False) -> int:
+    """Run one grid point in a child process (isolation: memory, threads, a crash ends one run only)."""
+    cmd = [sys.executable, "-m", "lit3drft.fit", path, *overrides, "--point"]
+    if resume:
+        cmd.append("--resume")
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.run(cmd, stdout=out, stderr=None).returncode
+
+
+def sweep(
+    path: str,
+    overrides: list[str] | None = None,
+    scale: str = "full",
+    jobs: int = 1,
+    results_dir: str | Path = "results",
+) -> list[dict[str, Any]]:
+    """Run (or skip, or resume) every selected grid point; return the rows of ``runs.csv`` for them."""
+    overrides = list(overrides or [])
+    base = load_config(path, [o for o in overrides if o.split("=")[0] not in (_sweep_of(path) or {})])
+    if not base.sweep:
+        raise ConfigError(f"{path} has no sweep: block; run it with python -m lit3drft.fit")
+    points, rest = select_points(base.sweep, overrides)
+    extra = scale_overrides(base, scale)
+    tasks = []
+    for point in points:
+        name = run_name(point)
+        ov = [*point_overrides(base.sweep, point), *extra, *rest, f"run_name={name}"]
+        tasks.append((point, ov))
+    print(f"[sweep] {path}: {len(tasks)} runs at scale {scale}, {jobs} at a time")
+
+    def one(i: int, point: dict[str, Any], ov: list[str]) -> dict[str, Any] | None:
+        cfg = load_config(path, [*ov, "sweep=null"])
+        metrics_file = run_dir_of(cfg) / "metrics.json"
+        start = time.time()
+        status = "done earlier"
+        if not metrics_file.exists():
+            code = run_point(path, ov, resume=True, quiet=jobs > 1)
+            status = "finished" if code == 0 and metrics_file.exists() else f"FAILED (exit {code})"
+        print(f"[sweep] {i + 1}/{len(tasks)} {cfg.run_name}: {status} ({time.time() - start:.0f} s)", flush=True)
+        if not metrics_file.exists():
+            return None
+        row = result_row(cfg, point, json.loads(metrics_file.read_text()))
+        append_row(results_file(cfg, results_dir), row)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        rows = list(pool.map(lambda t: one(t[0], *t[1]), enumerate(tasks)))
+    failed = sum(r is None for r in rows)
+    if failed:
+        print(f"[sweep] {failed} run(s) failed; re-run the same command to retry them", file=sys.stderr)
+    return [r for r in rows if r is not None]
+
+
+def _sweep_of(path: str) -> dict[str, Any] | None:
+    cfg = load_config(path)
+    return cfg.sweep
+
+
+def has_sweep(path: str) -> bool:
+    """True when the file (with its inherit chain) declares a ``sweep:`` block."""
+    return bool(_sweep_of(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lit3drft.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--scale", default="full", choices=SCALES)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--results-dir", default="results")
+    args = parser.parse_args(argv)
+    try:
+        rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    experiment = load_config(args.config).experiment
+    print(f"[sweep] {len(rows)} runs in {args.results_dir}/{experiment}/runs.csv; tables: python -m lit3drft.collect {experiment}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
