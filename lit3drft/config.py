@@ -118,6 +118,8 @@ class RunConfig:
     """Root of run directories."""
     seed: int = 0
     """Global seed (data order, init of new weights, sampling)."""
+    init_from: str = ""
+    """Start from another run's weights: a run directory (its last finished stage) or a ``trainable.pt``."""
     data: DataConfig = field(default_factory=DataConfig)
     """Datasets, data mix and loaders."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -13,10 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from lit3drft.config import ConfigError, RunConfig, StageConfig, load_config
-from lit3drft.fit import STAGE_DONE, build_datamodule, build_module, build_trainer
+from lit3drft.fit import build_datamodule, build_module, build_trainer, latest_stage_weights, load_trainable
 from lit3drft.models import build_policy
 from lit3drft.runinfo import device_description, git_commit, write_json_atomic
 
@@ -34,21 +32,8 @@ def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tu
         return cfg, target, run_dir or target.parent
     if (target / "config.yaml").exists():
         cfg = load_config(config or target / "config.yaml", overrides)
-        stages = sorted((target / "stages").glob(f"*/{STAGE_DONE}"))
-        if not stages:
-            raise ConfigError(f"{target}: no finished stage ({STAGE_DONE}) to evaluate")
-        return cfg, stages[-1], target
+        return cfg, latest_stage_weights(target), target
     raise ConfigError(f"{target}: not a run directory (config.yaml), weights file or HF checkpoint (config.json)")
-
-
-def load_weights(policy: torch.nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" in state:  # Lightning checkpoint: keys are prefixed with the module's attribute name
-        state = {k.removeprefix("policy."): v for k, v in state["state_dict"].items()}
-    missing = [k for k in state if k not in dict(policy.named_parameters())]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} weights do not belong to this policy, e.g. {missing[:3]}")
-    policy.load_state_dict(state, strict=False)
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -73,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     policy = build_policy(cfg.model)
     if weights is not None:
-        load_weights(policy, weights)
+        load_trainable(policy, weights)
     dm = build_datamodule(cfg, policy, None)
     module = build_module(cfg, policy, StageConfig(kind="sft"), dm)
     trainer = build_trainer(cfg, out, "eval", None)

@@ -37,6 +37,31 @@ def stage_name(index: int, stage: StageConfig) -> str:
     return f"{index}-{stage.name or stage.kind}"
 
 
+def latest_stage_weights(run_dir: Path) -> Path:
+    """``trainable.pt`` of the last finished stage of a run directory."""
+    stages = sorted((run_dir / "stages").glob(f"*/{STAGE_DONE}"), key=lambda p: int(p.parent.name.split("-")[0]))
+    if not stages:
+        raise ConfigError(f"{run_dir}: no finished stage ({STAGE_DONE}) to load weights from")
+    return stages[-1]
+
+
+def load_trainable(policy: torch.nn.Module, path: Path) -> None:
+    """Load trainable weights (``trainable.pt``, a Lightning ``.ckpt``, or a run dir's last stage) into ``policy``."""
+    path = Path(path)
+    if path.is_dir():
+        path = latest_stage_weights(path)
+    if not path.is_file():
+        raise ConfigError(f"weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in state:  # Lightning checkpoint: keys carry the module's attribute name
+        state = {k.removeprefix("policy."): v for k, v in state["state_dict"].items()}
+    own = dict(policy.named_parameters())
+    foreign = [k for k in state if k not in own]
+    if foreign:
+        raise ValueError(f"{path}: {len(foreign)} weights do not belong to this policy, e.g. {foreign[:3]}")
+    policy.load_state_dict(state, strict=False)
+
+
 def precision_of(cfg: RunConfig) -> str:
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
@@ -136,7 +161,7 @@ def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> Poli
         module = build_module(cfg, policy, stage, dm)
         if done.exists():
             print(f"[lit3drft] stage {name}: finished earlier, loading {done}")
-            module.policy.load_state_dict(torch.load(done, map_location="cpu"), strict=False)
+            load_trainable(policy, done)
             continue
         last = stage_dir / "checkpoints" / "last.ckpt"
         ckpt = str(last) if resume and last.exists() else None
@@ -182,6 +207,8 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     policy = build_policy(cfg.model)
+    if cfg.init_from:
+        load_trainable(policy, Path(cfg.init_from))
     module = run_stages(cfg, policy, run_dir, resume)
     assert module is not None, "a run needs at least one stage"
     metrics = evaluate_splits(cfg, policy, module, run_dir)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lit3drft.algorithms.config import GRPOConfig
-from lit3drft.algorithms.grpo import group_advantages, grpo_loss
+from lit3drft.algorithms.grpo import group_advantages, grpo_loss, zero_variance_groups
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards import score_completions
 
@@ -57,8 +57,7 @@ class GRPOModule(PolicyModule):
         mask = rollout.completion_mask.float()  # (B*G, T)
         if cfg.mask_truncated_completions:
             mask = mask * (~rollout.truncated).float().unsqueeze(1)
-        group_std = total.view(-1, G).std(dim=1)  # (B,)
-        zero_std = group_std < 1e-6
+        zero_std = zero_variance_groups(total, G)  # (B,)
         keep = torch.ones_like(total, dtype=torch.bool)
         if cfg.dynamic_sampling != "off":  # "resample" is handled as "skip" inside one step (see README)
             keep = (~zero_std).repeat_interleave(G)
@@ -81,7 +80,10 @@ class GRPOModule(PolicyModule):
             with torch.no_grad(), self.policy.reference():
                 ref_logp = self._logprobs_in_chunks(rollout, rows)
         n_tokens = mask[rows].sum()
+        # chunk losses add up to the batch loss; other stats are token means, so weight them by tokens
+        loss_sum = torch.zeros((), device=mask.device)
         acc: dict[str, list[torch.Tensor]] = {}
+        weights: list[torch.Tensor] = []
         for _ in range(cfg.num_iterations):
             for start in range(0, len(rows), cfg.micro_batch_size):
                 chunk = rows[start : start + cfg.micro_batch_size]
@@ -100,14 +102,19 @@ class GRPOModule(PolicyModule):
                     num_sequences=len(rows),
                 )
                 self.manual_backward(loss)
+                loss_sum += loss.detach().float() / cfg.num_iterations
+                weights.append(st.pop("num_tokens").detach().float())
+                st.pop("loss", None)
                 for k, v in st.items():
                     acc.setdefault(k, []).append(v.detach().float())
-            if cfg.max_grad_norm > 0:
-                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+            if self.stage.gradient_clip_val > 0:
+                self.clip_gradients(opt, gradient_clip_val=self.stage.gradient_clip_val, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-        return {k: torch.stack(v).mean() for k, v in acc.items()}
+        w = torch.stack(weights)
+        stats = {k: (torch.stack(v) * w).sum() / w.sum().clamp(min=1) for k, v in acc.items()}
+        return {"loss": loss_sum, **stats}
 
     def _logprobs_in_chunks(self, rollout: Any, rows: list[int]) -> torch.Tensor:
         """Log-probs of every rollout row (rows not in ``rows`` stay 0), computed micro-batch by micro-batch."""

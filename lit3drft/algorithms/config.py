@@ -1,0 +1,71 @@
+"""GRPO hyper-parameters: one flat dataclass, a docstring under every field (litgpt style).
+
+Names follow TRL's ``GRPOConfig`` where the concept is the same, so a TRL recipe reads across.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
+DynamicSampling = Literal["off", "skip", "resample"]
+
+
+@dataclass
+class GRPOConfig:
+    """Group Relative Policy Optimization on verifiable rewards (3D-RFT stage 2)."""
+
+    num_generations: int = 8
+    """G: completions sampled per prompt; advantages are computed within each group of G."""
+    scale_rewards: ScaleRewards = "group"
+    """Advantage scaling: `group` divides by the group's reward std (GRPO), `batch` by the std over the whole
+    rollout batch, `none` only centres on the group mean (Dr. GRPO)."""
+    loss_type: LossType = "dapo"
+    """How per-token losses become one scalar (see `lit3drft.algorithms.grpo.LOSS_AGGREGATIONS`): `grpo`
+    per-sequence mean then mean over sequences; `bnpo` token mean per micro-batch; `dapo` token mean over the
+    whole rollout batch (the paper's "averaged over all completion tokens of the batch"; TRL's default);
+    `dr_grpo` token sum over (sequences x max_new_tokens)."""
+    epsilon: float = 0.2
+    """Lower clip range: the ratio pi_theta/pi_old is clipped below at 1 - epsilon."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO clip-higher, e.g. 0.28): clip above at 1 + epsilon_high; None means epsilon."""
+    importance_sampling_level: ImportanceSamplingLevel = "token"
+    """`token`: one ratio per token (GRPO); `sequence`: one length-normalised ratio per completion (GSPO)."""
+    beta: float = 0.04
+    """KL coefficient to the frozen reference (k3 estimator). 0 skips the reference forward pass entirely
+    (the paper uses 0 for LoRA spatial-reasoning runs)."""
+    num_iterations: int = 1
+    """mu: optimisation passes over each rollout batch. With 1 the policy is on-policy and the ratio is exactly 1."""
+    temperature: float = 1.0
+    """Sampling temperature for the G rollouts (log-probs are computed at the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold for rollouts; 1.0 disables it."""
+    top_k: int | None = None
+    """Top-k sampling for rollouts; None disables it."""
+    max_new_tokens: int = 256
+    """Maximum completion length; also the fixed denominator of the `dr_grpo` loss."""
+    mask_truncated_completions: bool = False
+    """Drop completions that hit max_new_tokens without EOS from the loss (DAPO overlong filtering)."""
+    dynamic_sampling: DynamicSampling = "off"
+    """Groups whose rewards have zero variance carry no signal: `off` keeps them (advantage 0), `skip` drops them
+    from the update, `resample` draws new prompts to refill the batch (DAPO). The fraction is logged either way."""
+    micro_batch_size: int = 4
+    """Completions per forward/backward chunk ("loss backward chunking"): memory independent of B*G."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 for group advantages, got {self.num_generations}")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError("epsilon and epsilon_high must be non-negative")
+        if self.num_iterations < 1 or self.micro_batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_iterations, micro_batch_size and max_new_tokens must be >= 1")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    @property
+    def clip_high(self) -> float:
+        """The effective upper clip range: epsilon_high, or epsilon when unset."""
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high

@@ -1,0 +1,64 @@
+"""Grid expansion, run names, results rows (atomic, de-duplicated) and scale shrinking."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lit3drft.config import ConfigError, load_config
+from lit3drft.sweep import append_row, expand_grid, point_overrides, read_rows, run_name, scale_overrides, select_points
+
+SWEEP = {
+    "strategy": {"sft": {"stages": [{"kind": "sft", "max_steps": 6}]},
+                 "sft_rl": {"stages": [{"kind": "sft", "max_steps": 4}, {"kind": "grpo", "max_steps": 2}]}},
+    "grpo.beta": [0.0, 0.04],
+    "seed": [0, 1, 2],
+}
+
+
+def test_grid_is_the_cartesian_product_with_unique_names() -> None:
+    points = expand_grid(SWEEP)
+    assert len(points) == 2 * 2 * 3
+    names = [run_name(p) for p in points]
+    assert len(set(names)) == len(names)
+    assert names[0] == "strategy=sft__beta=0.0__seed=0"
+
+
+def test_point_overrides_realise_the_point() -> None:
+    point = {"strategy": "sft_rl", "grpo.beta": 0.04, "seed": 2}
+    cfg = load_config(None, point_overrides(SWEEP, point))
+    assert [s.kind for s in cfg.stages] == ["sft", "grpo"]
+    assert (cfg.grpo.beta, cfg.seed, cfg.stages[1].max_steps) == (0.04, 2, 2)
+
+
+def test_pinning_selects_points() -> None:
+    points, rest = select_points(SWEEP, ["strategy=sft_rl", "seed=1", "trainer.devices=1"])
+    assert [p["grpo.beta"] for p in points] == [0.0, 0.04]
+    assert rest == ["trainer.devices=1"]
+    with pytest.raises(ConfigError, match="no grid point"):
+        select_points(SWEEP, ["seed=7"])
+
+
+def test_rows_are_appended_once_and_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "exp" / "runs.csv"
+    assert append_row(path, {"run": "a", "seed": 0, "test/f1": 0.5})
+    assert not append_row(path, {"run": "a", "seed": 0, "test/f1": 0.9})  # duplicate run: ignored
+    assert append_row(path, {"run": "b", "seed": 1, "test/f1": 0.7, "test/new": 1.0})
+    rows = read_rows(path)
+    assert [r["run"] for r in rows] == ["a", "b"]
+    assert rows[0]["test/new"] == ""  # new columns are added, old rows padded
+    assert not list(path.parent.glob(".runs.*"))  # no temporary file left behind
+    with open(path) as fh:
+        assert len(list(csv.reader(fh))) == 3
+
+
+def test_scale_shrinks_steps_not_the_grid() -> None:
+    cfg = load_config(None, ["stages=[{kind: sft, max_steps: 200}, {kind: grpo, max_steps: 100}]"])
+    small = scale_overrides(cfg, "small")
+    assert "stages.0.max_steps=100" in small and "stages.1.max_steps=50" in small
+    smoke = scale_overrides(cfg, "smoke")
+    assert "stages.1.max_steps=2" in smoke
+    with pytest.raises(ConfigError, match="smoke, small, full"):
+        scale_overrides(cfg, "huge")
