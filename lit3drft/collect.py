@@ -66,8 +66,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def markdown_table(summary: pd.DataFrame, metrics: list[str] | None = None, scale: float = 100.0) -> str:
-    """``mean ± std (n)`` cells (× ``scale``) for the chosen metrics, keys first."""
+def markdown_table(summary: pd.DataFrame, metrics: list[str] | None = None, scale: float = 1.0) -> str:
+    """``mean ± std (n)`` cells (× ``scale``; task metrics are already × 100) for the chosen metrics, keys first."""
     key_cols = [c for c in summary.columns if not c.endswith((" mean", " std", " n"))]
     present = sorted({c.rsplit(" ", 1)[0] for c in summary.columns if c.endswith(" mean")})
     wanted = [m for m in (metrics or DEFAULT_METRICS) if m in present] or present

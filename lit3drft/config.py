@@ -82,8 +82,8 @@ class StageConfig:
     """Linear warm-up as a share of ``max_steps``; cosine decay to ``min_lr_ratio`` after it."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a share of ``lr``."""
-    batch_size: int = 4
-    """Prompts per optimiser step (GRPO: each sampled ``grpo.num_generations`` times)."""
+    batch_size: int = 0
+    """Prompts per optimiser step (GRPO: each sampled ``grpo.num_generations`` times); 0 = ``data.batch_size``."""
     accumulate_grad_batches: int = 1
     """SFT gradient accumulation (GRPO chunks with ``grpo.micro_batch_size`` instead)."""
     gradient_clip_val: float = 1.0
@@ -98,8 +98,6 @@ class EvalConfig:
 
     max_new_tokens: int = 256
     """Greedy decoding budget per answer."""
-    batch_size: int = 8
-    """Prompts per evaluation batch."""
     splits: list[str] = field(default_factory=lambda: ["val", "test"])
     """Splits evaluated at the end of the run (written to ``metrics.json``)."""
     write_predictions: bool = True

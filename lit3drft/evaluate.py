@@ -22,7 +22,7 @@ from lit3drft.runinfo import device_description, git_commit, write_json_atomic
 def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tuple[RunConfig, Path | None, Path]:
     """``(config, weights file or None, default output dir)`` for a run dir, weights file or HF checkpoint."""
     if (target / "config.json").exists():  # a Hugging Face checkpoint directory
-        cfg = load_config(config, [*overrides, f"model.pretrained={target}", "model.preset=none"])
+        cfg = load_config(config, [*overrides, f"model.pretrained={target}", "model.preset=''"])
         return cfg, None, Path(cfg.output_dir) / cfg.experiment / target.name
     if target.is_file():  # trainable.pt or a Lightning checkpoint inside a run dir
         run_dir = next((p for p in target.parents if (p / "config.yaml").exists()), None)

@@ -11,6 +11,7 @@ This module is the only place where config turns into objects.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -71,15 +72,23 @@ def precision_of(cfg: RunConfig) -> str:
 
 
 def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> LitDataModule:
-    """The DataModule for a stage (its data mix) or for evaluation (``stage=None``)."""
-    with_answer = stage is not None and stage.kind == "sft"
-
-    def collate(samples: list) -> dict[str, Any]:
-        return {"inputs": policy.collate(samples, with_answer=True)} if with_answer else {}
-
-    batch_size = stage.batch_size if stage is not None else cfg.eval.batch_size
-    sources = stage.sources if stage is not None else None
-    return LitDataModule(cfg.data, collate_fn=collate, batch_size=batch_size, sources=sources, seed=cfg.seed)
+    """The DataModule for a stage (its data mix and batch size) or for evaluation (``stage=None``)."""
+    data = dataclasses.replace(
+        cfg.data,
+        seed=cfg.data.seed + cfg.seed,
+        load_depth=cfg.data.load_depth or cfg.model.geometry == "depth",
+    )
+    if stage is not None and stage.batch_size:
+        data = dataclasses.replace(data, batch_size=stage.batch_size)
+    if stage is not None and stage.sources is not None:
+        known = [s.name for s in cfg.data.sources]
+        unknown = [n for n in stage.sources if n not in known]
+        if unknown:
+            raise ConfigError(f"stage {stage.name or stage.kind}: unknown sources {unknown}; valid: {', '.join(known)}")
+        data = dataclasses.replace(data, sources=[s for s in cfg.data.sources if s.name in stage.sources])
+    if stage is not None and stage.kind == "sft":  # teacher forcing needs the answer tokens in the batch
+        return LitDataModule(data, collate_fn=lambda samples: {"inputs": policy.collate(samples, with_answer=True)})
+    return LitDataModule(data)
 
 
 def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: LitDataModule) -> PolicyModule:

@@ -1,0 +1,132 @@
+"""Data configuration: the embedded benchmark's generation knobs and the data mix (litgpt-style dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Task = Literal["detection", "grounding", "spatial"]
+RowFormat = Literal["vgllm", "vsibench"]
+TrainMode = Literal["da", "ta", "da+ta"]
+EvalMode = Literal["da", "ta"]
+OnBadSample = Literal["error", "skip"]
+
+
+@dataclass
+class SynthConfig:
+    """Generation knobs of the embedded benchmark (``python -m lit3drft.data.synth``)."""
+
+    scenes: int = 200
+    """Number of rooms; split by scene into train/val/test by `split_fractions`."""
+    seed: int = 0
+    """Master seed; scene i uses a seed derived from (seed, i), so any scene can be regenerated alone."""
+    width: int = 112
+    """Frame width in pixels (multiples of 28 suit Qwen2.5-VL's 14-pixel patches merged 2x2)."""
+    height: int = 112
+    """Frame height in pixels."""
+    frames: int = 32
+    """Frames rendered per scene (the scene's video); task samples take subsets of them."""
+    fps: int = 4
+    """Frame rate written into each scene's mp4."""
+    min_objects: int = 3
+    """Fewest annotated objects per room."""
+    max_objects: int = 12
+    """Most annotated objects per room."""
+    categories: list[str] = field(default_factory=list)
+    """Categories to draw from (names in `lit3drft.data.CATEGORIES`); empty means all of them."""
+    camera_motion: float = 1.0
+    """Scale of the camera's walk, look-around sweep, pitch and roll (0 = nearly static)."""
+    hfov_deg: float = 75.0
+    """Horizontal field of view of the camera in degrees."""
+    occluders: int = 0
+    """Unlabeled floor-to-ceiling pillars per room that hide objects (harder perception)."""
+    min_visible_pixels: int = 20
+    """An object counts as visible in a frame from this many drawn pixels (detection, grounding, appearance order)."""
+    detection_clip_lengths: list[int] = field(default_factory=lambda: [4, 6])
+    """Frames per detection clip; one task file per length (`detection_4f.jsonl`, ...)."""
+    detection_clips_per_scene: int = 4
+    """Detection clips drawn per scene and clip length."""
+    detection_stride: int = 3
+    """Frames between consecutive frames of a detection clip (ScanNet clips use 30 of its 30 fps video)."""
+    grounding_frames: list[int] = field(default_factory=lambda: [8, 16, 32])
+    """Frames per grounding sample; one task file per count (`grounding_8f.jsonl`, ...)."""
+    grounding_per_scene: int = 4
+    """Grounding samples per scene and frame count."""
+    questions_per_type: int = 2
+    """VSI-Bench questions per scene and question type (when the scene admits that many)."""
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """Fractions of scenes in train, val and test."""
+
+
+@dataclass
+class SourceConfig:
+    """One task file (or one per split) in a real format, and its share of the training mix."""
+
+    name: str = "detection_4f"
+    """Short name; sample ids are `<name>/<row id>`."""
+    task: Task = "detection"
+    """Task of the rows (sets the reward and the reader's checks)."""
+    format: RowFormat = "vgllm"
+    """Row format: `vgllm` (conversations/images/boxes, JSON or JSONL) or `vsibench` (parquet, JSON or JSONL)."""
+    path: str = "tasks/{split}/detection_4f.jsonl"
+    """Rows file relative to `DataConfig.root` (or absolute); `{split}` is replaced by train/val/test."""
+    split: str = "train"
+    """Split of a `path` without `{split}`: the file is used for that split only."""
+    weight: float = 1.0
+    """Training mix: the source's rows are repeated this many times per epoch (fractions take a seeded subset)."""
+    max_samples: int = 0
+    """Cap on rows read from this source per split after a seeded shuffle; 0 means all."""
+    frames: int = 0
+    """Frames per sample: VSI-Bench videos are sampled uniformly to this many (0 means 16); VG-LLM rows keep theirs."""
+    image_size: list[int] = field(default_factory=list)
+    """Resize frames to [width, height] at load time; empty keeps the stored resolution."""
+    media_root: str = ""
+    """Directory that image paths (VG-LLM) or `<dataset>/<scene_name>.mp4` (VSI-Bench) are relative to;
+    empty means `DataConfig.root` (and `<root>/videos` for VSI-Bench)."""
+
+
+def default_sources() -> list[SourceConfig]:
+    """All tasks of the embedded benchmark: 4-frame detection, 8-frame grounding, VSI-Bench questions."""
+    return [
+        SourceConfig("detection_4f", "detection", "vgllm", "tasks/{split}/detection_4f.jsonl"),
+        SourceConfig("grounding_8f", "grounding", "vgllm", "tasks/{split}/grounding_8f.jsonl"),
+        SourceConfig("vsibench", "spatial", "vsibench", "tasks/{split}/vsibench.jsonl", frames=16),
+    ]
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives, what the mix is, and how batches are formed."""
+
+    root: str = "data/synth3d"
+    """Benchmark directory; the embedded benchmark is generated here by `prepare_data` when missing."""
+    generate: bool = True
+    """Generate the embedded benchmark under `root` if `root/manifest.json` is missing (no manual step)."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """Generation knobs of the embedded benchmark."""
+    sources: list[SourceConfig] = field(default_factory=default_sources)
+    """The data mix: task files with weights or sample caps."""
+    tasks: list[str] = field(default_factory=lambda: ["detection", "grounding", "spatial"])
+    """Keep only sources of these tasks (det only, grounding only, spatial only, all)."""
+    train_mode: TrainMode = "da"
+    """Training answers: `da` direct answers, `ta` think-then-answer traces, `da+ta` both (each row twice)."""
+    eval_mode: EvalMode = "da"
+    """Answer mode of validation and test prompts."""
+    batch_size: int = 4
+    """Samples per training batch (prompts; GRPO expands each into G completions); a stage may override it."""
+    eval_batch_size: int = 8
+    """Samples per validation/test batch."""
+    max_eval_samples: int = 0
+    """Cap on validation and test samples per source after a seeded shuffle; 0 means all."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    seed: int = 0
+    """Offset of the data seed: shuffling and subsetting use `seed + run seed`, so a seed sweep varies the data order."""
+    on_bad_sample: OnBadSample = "error"
+    """Bad rows (missing file, undecodable video, wrong box length, unknown task): `error` raises naming file and
+    row; `skip` drops the row, counts it and logs a warning."""
+    load_depth: bool = False
+    """Load per-frame depth maps into `Sample.depth` when the rows have them (forced on by `model.geometry: depth`)."""
+    detection_classes: list[str] = field(default_factory=list)
+    """Class list of the detection metric (mean F1 over it); empty means the embedded benchmark's categories.
+    Real ScanNet data: set VG-LLM's class list (see `experiments/real/`)."""

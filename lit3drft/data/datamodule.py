@@ -1,0 +1,172 @@
+"""The LightningDataModule: the data mix over task files, split datasets, and a collate that keeps targets."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lit3drft.data.config import DataConfig, SourceConfig
+from lit3drft.data.prompts import CATEGORIES
+from lit3drft.data.readers import BadSampleError, Record, SkipCounter, load_sample, read_records
+from lit3drft.data.sample import TASKS, Sample
+from lit3drft.data.synth import generate
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class SampleDataset(Dataset):
+    """Records of one split, each with its answer mode; ``__getitem__`` decodes the frames into a ``Sample``."""
+
+    def __init__(self, entries: list[tuple[Record, str, str]], cfg: DataConfig, sources: dict[str, SourceConfig]):
+        self.entries = entries  # (record, mode, id suffix)
+        self.cfg = cfg
+        self.sources = sources
+        self.skipped = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def load(self, i: int) -> Sample:
+        rec, mode, suffix = self.entries[i]
+        src = self.sources[rec.meta["source"]]
+        return load_sample(rec, mode, media_root(self.cfg, src), src.image_size or None, self.cfg.load_depth, suffix)
+
+    def __getitem__(self, i: int) -> Sample:
+        for j in range(len(self)):
+            try:
+                return self.load((i + j) % len(self))
+            except BadSampleError as e:
+                if self.cfg.on_bad_sample != "skip":
+                    raise
+                self.skipped.add(e)  # undecodable media: log, count, and serve the next sample
+        raise BadSampleError("every sample of the split is bad")
+
+
+def media_root(cfg: DataConfig, src: SourceConfig) -> Path:
+    """Where a source's images (VG-LLM) or ``<dataset>/<scene>.mp4`` videos (VSI-Bench) live."""
+    if src.media_root:
+        return Path(cfg.root) / src.media_root
+    return Path(cfg.root) / "videos" if src.format == "vsibench" else Path(cfg.root)
+
+
+def source_path(cfg: DataConfig, src: SourceConfig, split: str) -> Path | None:
+    """The source's file for ``split``, or None when the source has no file for it."""
+    if "{split}" not in src.path and src.split != split:
+        return None
+    return Path(cfg.root) / src.path.format(split=split)
+
+
+def collate_samples(samples: list[Sample], collate_fn: Callable[[list[Sample]], dict] | None = None) -> dict[str, Any]:
+    """``{"samples": [...], "targets": [...]}`` plus the model side's ``collate_fn(samples)`` when given."""
+    batch: dict[str, Any] = {"samples": samples, "targets": [s.target for s in samples]}
+    if collate_fn is not None:
+        batch.update(collate_fn(samples))
+    return batch
+
+
+def _subset(rng: np.random.Generator, items: list, cap: int) -> list:
+    order = rng.permutation(len(items))
+    return [items[i] for i in (order[:cap] if cap > 0 else order)]
+
+
+class LitDataModule(L.LightningDataModule):
+    """Train/val/test datasets from ``cfg.sources``; generates the embedded benchmark under ``cfg.root`` if missing.
+
+    Example:
+        >>> from lit3drft.data.config import DataConfig  # doctest: +SKIP
+        >>> dm = LitDataModule(DataConfig(root="data/synth3d"))  # doctest: +SKIP
+        >>> dm.prepare_data(); dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+        >>> sorted(batch)  # doctest: +SKIP
+        ['samples', 'targets']
+    """
+
+    def __init__(self, cfg: DataConfig, collate_fn: Callable[[list[Sample]], dict] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.collate_fn = collate_fn
+        self.skipped = SkipCounter()
+        self.datasets: dict[str, SampleDataset] = {}
+        for s in cfg.sources:
+            if s.task not in TASKS:
+                raise ValueError(f"data.sources[{s.name}].task={s.task!r}; valid: {', '.join(TASKS)}")
+
+    def prepare_data(self) -> None:
+        root = Path(self.cfg.root)
+        if self.cfg.generate and not (root / "manifest.json").exists():
+            log.info("generating the embedded benchmark under %s", root)
+            generate(self.cfg.synth, root)
+
+    @property
+    def sources(self) -> dict[str, SourceConfig]:
+        return {s.name: s for s in self.cfg.sources if s.task in self.cfg.tasks}
+
+    def split_entries(self, split: str) -> list[tuple[Record, str, str]]:
+        """(record, mode, id suffix) of a split after caps, weights and modes; deterministic per seed."""
+        cfg = self.cfg
+        entries: list[tuple[Record, str, str]] = []
+        for k, src in enumerate(self.sources.values()):
+            path = source_path(cfg, src, split)
+            if path is None:
+                continue
+            recs = read_records(path, src.task, src.format, src.name, media_root(cfg, src), src.frames or 16,
+                                cfg.on_bad_sample, self.skipped)  # fmt: skip
+            rng = np.random.default_rng([cfg.seed, k, SPLITS.index(split)])
+            if split != "train":
+                cap = min(x for x in (src.max_samples, cfg.max_eval_samples) if x > 0) if (
+                    src.max_samples or cfg.max_eval_samples) else 0  # fmt: skip
+                entries += [(r, cfg.eval_mode, "") for r in sorted(_subset(rng, recs, cap), key=lambda r: r.id)]
+                continue
+            recs = _subset(rng, recs, src.max_samples)
+            reps = math.floor(src.weight)
+            recs = recs * reps + recs[: round((src.weight - reps) * len(recs))]
+            modes = ["da", "ta"] if cfg.train_mode == "da+ta" else [cfg.train_mode]
+            entries += [(r, m, f"@{m}" if len(modes) > 1 else "") for r in recs for m in modes]
+        return entries
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+            if split not in self.datasets:
+                self.datasets[split] = SampleDataset(self.split_entries(split), self.cfg, self.sources)
+        if self.skipped.count:
+            log.warning("skipped %d bad rows while reading (first: %s)", self.skipped.count, self.skipped.reasons[0])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(
+            self.datasets[split], batch_size=self.cfg.batch_size if split == "train" else self.cfg.eval_batch_size,
+            shuffle=shuffle, generator=g, num_workers=self.cfg.num_workers,
+            collate_fn=functools.partial(collate_samples, collate_fn=self.collate_fn),
+            persistent_workers=self.cfg.num_workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    @property
+    def detection_classes(self) -> list[str]:
+        """Class list of the detection metric: ``cfg.detection_classes``, else the embedded benchmark's categories.
+
+        Fixed before any data is read, so every rank and every split averages F1 over the same classes.
+        """
+        return list(self.cfg.detection_classes) or sorted(self.cfg.synth.categories or CATEGORIES)

@@ -1,0 +1,373 @@
+"""Task rows in the real formats (VG-LLM detection / ScanRefer grounding, VSI-Bench) built from a scene.
+
+Rows carry the direct answer in ``conversations`` (``<answer>..</answer>``) and a short reasoning trace
+built from the scene in ``think``; the readers turn them into DA or TA samples. Image and depth paths
+are relative to the benchmark root.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import numpy as np
+
+from lit3drft.data import prompts as P
+from lit3drft.data.geometry import rect_distance, world_box_to_camera
+from lit3drft.data.scene import Scene, SceneObject
+
+DATASET = "synth3d"
+
+
+def _m(x: np.ndarray) -> list:
+    return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
+
+
+def _pos(o: SceneObject) -> str:
+    return f"({o.center[0]:.1f}, {o.center[1]:.1f})"
+
+
+def _paths(scene: Scene, frames: list[int]) -> tuple[list[str], list[str]]:
+    base = f"scenes/{scene.name}"
+    return [f"{base}/frames/{i:05d}.png" for i in frames], [f"{base}/depth/{i:05d}.png" for i in frames]
+
+
+def _camera_rows(scene: Scene, frames: list[int]) -> dict:
+    cam2img = np.eye(4)
+    cam2img[:3, :3] = scene.intrinsics
+    images, depths = _paths(scene, frames)
+    return {
+        "images": images,
+        "depths": depths,
+        "cam2global": [_m(m) for m in scene.cam2global[frames]],
+        "axis_align_matrix": _m(scene.axis_align),
+        "cam2img": _m(cam2img),
+    }
+
+
+def _conversation(human: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": human}, {"from": "gpt", "value": f"<answer>{answer}</answer>"}]
+
+
+def detection_rows(
+    scene: Scene, rng: np.random.Generator, clip_len: int, n_clips: int, stride: int, min_px: int
+) -> list[dict]:
+    """VG-LLM detection clips: ``clip_len`` frames ``stride`` apart, boxes of the objects visible in some
+    frame of the clip, in the first camera's frame."""
+    n_frames = len(scene.cam2world)
+    span = (clip_len - 1) * stride
+    if span >= n_frames:
+        return []
+    starts = sorted(rng.choice(n_frames - span, size=min(n_clips, n_frames - span), replace=False).tolist())
+    rows = []
+    for j, s in enumerate(starts):
+        frames = list(range(s, s + span + 1, stride))
+        vis = np.flatnonzero(scene.visible_pixels[frames].max(0) >= min_px)
+        objs = [scene.objects[i] for i in vis]
+        boxes = [P._r2(world_box_to_camera(o.box, scene.cam2world[s])) for o in objs]
+        labels = [o.category for o in objs]
+        counts = Counter(labels)
+        think = (
+            f"I see {len(objs)} objects: " + ", ".join(f"{c} x{n}" for c, n in sorted(counts.items())) + ". "
+            if objs
+            else "I see no furniture. "
+        ) + " ".join(f"The {o.category} is {b[2]:.2f} m in front of the first camera." for o, b in zip(objs, boxes))
+        rows.append(
+            {
+                "id": f"{scene.name}/det{clip_len}_{j}",
+                "conversations": _conversation(
+                    P.IMAGE_TOKEN * clip_len + "\n" + P.DETECTION_PROMPT, P.detection_answer(boxes, labels)
+                ),  # fmt: skip
+                **_camera_rows(scene, frames),
+                "boxes": [{"bbox_3d": b, "label": lab} for b, lab in zip(boxes, labels)],
+                "think": think.strip(),
+                "metadata": {"dataset": DATASET, "scene_name": scene.name, "frame_indices": frames},
+            }
+        )
+    return rows
+
+
+def _describe(scene: Scene, t: int, rng: np.random.Generator) -> tuple[str, str] | None:
+    """A referring expression (category, colour, relation to a unique anchor) that singles out object ``t``."""
+    target = scene.objects[t]
+    same = [i for i, o in enumerate(scene.objects) if (o.category, o.color) == (target.category, target.color)]
+    keys = Counter((o.category, o.color) for o in scene.objects)
+    anchors = [
+        i for i, o in enumerate(scene.objects) if keys[(o.category, o.color)] == 1 and o.category != target.category
+    ]
+    for a in rng.permutation(anchors).tolist():
+        anchor = scene.objects[a]
+        dist = {i: rect_distance(scene.objects[i].footprint(), anchor.footprint()) for i in same}
+        order = sorted(same, key=dist.get)
+        for rel, pick in (("closest to", order[0]), ("farthest from", order[-1])):
+            others = [dist[i] for i in same if i != t]
+            if pick != t or (others and min(abs(dist[t] - d) for d in others) < 0.3):
+                continue
+            desc = f"the {target.color} {target.category} {rel} the {anchor.color} {anchor.category}"
+            think = (
+                f"There {'is' if len(same) == 1 else 'are'} {len(same)} {target.color} {target.category}(s); "
+                f"the one at {_pos(target)} is {dist[t]:.1f} m from the {anchor.color} {anchor.category} at {_pos(anchor)}."
+            )
+            return desc, think
+    return None
+
+
+def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
+    """ScanRefer-style rows: ``n_frames`` frames prefixed "Frame-i: ", the answer frame the one where the
+    target's drawn area is largest, its box in that camera's frame."""
+    total = len(scene.cam2world)
+    if n_frames > total:
+        return []
+    rows = []
+    for _ in range(n_samples * 3):
+        if len(rows) >= n_samples:
+            break
+        offset = int(rng.integers(0, total // n_frames)) if n_frames < total else 0
+        frames = (np.linspace(0, total - 1 - offset, n_frames).round().astype(int) + offset).tolist()
+        px = scene.visible_pixels[frames]  # (n_frames, N)
+        candidates = np.flatnonzero(px.max(0) >= min_px)
+        if len(candidates) == 0:
+            continue
+        t = int(rng.choice(candidates))
+        described = _describe(scene, t, rng)
+        if described is None:
+            continue
+        desc, think = described
+        k = int(px[:, t].argmax())
+        bbox = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
+        human = "".join(P.frame_label(i) + P.IMAGE_TOKEN for i in range(n_frames))
+        human += "\n" + P.GROUNDING_PROMPT.format(description=desc[0].upper() + desc[1:] + ".")
+        think += f" It looks largest in Frame-{k}, {bbox[2]:.2f} m in front of the camera."
+        rows.append(
+            {
+                "id": f"{scene.name}/ground{n_frames}_{len(rows)}",
+                "conversations": _conversation(human, P.grounding_answer(k, bbox)),
+                **_camera_rows(scene, frames),
+                "target": {"frame": k, "bbox_3d": bbox},
+                "gt_bbox": _m(scene.objects[t].box),
+                "think": think,
+                "metadata": {
+                    "dataset": DATASET,
+                    "scene_name": scene.name,
+                    "frame_indices": frames,
+                    "object_id": t,
+                    "description": desc,
+                },  # fmt: skip
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# VSI-Bench questions
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _dist(a: SceneObject, b: SceneObject) -> float:
+    return rect_distance(a.footprint(), b.footprint())
+
+
+def _angle(frm: np.ndarray, facing: np.ndarray, query: np.ndarray) -> float:
+    """Signed angle (deg, + = counter-clockwise = left in a z-up world) from the facing to the query direction."""
+    f, q = facing - frm, query - frm
+    return math.degrees(math.atan2(f[0] * q[1] - f[1] * q[0], f @ q))
+
+
+def _mc(rng: np.random.Generator, correct: str, distractors: list[str]) -> tuple[list[str], str]:
+    choices = [correct, *list(dict.fromkeys(d for d in distractors if d != correct))[:3]]
+    order = rng.permutation(len(choices)).tolist()
+    choices = [choices[i] for i in order]
+    return P.format_options(choices), P.OPTION_LETTERS[choices.index(correct)]
+
+
+def _q_counting(scene, rng, unique, first_seen):
+    counts = Counter(o.category for o in scene.objects)
+    cats = [c for c, n in counts.items() if n >= 2] or list(counts)
+    cat = str(rng.choice(cats))
+    objs = [o for o in scene.objects if o.category == cat]
+    think = f"I see {cat}s at " + ", ".join(_pos(o) for o in objs) + f", so {len(objs)} in total."
+    return P.VSI_TEMPLATES["object_counting"].format(category=cat), None, str(len(objs)), think
+
+
+def _q_abs_distance(scene, rng, unique, first_seen):
+    a, b = rng.choice(len(unique), 2, replace=False)
+    oa, ob = unique[a], unique[b]
+    d = _dist(oa, ob)
+    if d < 0.2:
+        return None
+    q = P.VSI_TEMPLATES["object_abs_distance"].format(a=oa.category, b=ob.category)
+    think = f"The {oa.category} is at {_pos(oa)} and the {ob.category} at {_pos(ob)}; their closest points are {d:.2f} m apart."
+    return q, None, P.format_number(d), think
+
+
+def _q_size(scene, rng, unique, first_seen):
+    o = unique[int(rng.integers(len(unique)))]
+    cm = round(max(o.size) * 100)
+    think = (
+        f"The {o.category} measures {o.size[0]:.2f} x {o.size[1]:.2f} x {o.size[2]:.2f} m; the longest side is {cm} cm."
+    )
+    return P.VSI_TEMPLATES["object_size_estimation"].format(category=o.category), None, str(cm), think
+
+
+def _q_room(scene, rng, unique, first_seen):
+    w, length = scene.room[:2]
+    area = round(w * length, 1)
+    think = f"The room is about {w:.1f} m by {length:.1f} m, so its area is {area} square meters."
+    return P.VSI_TEMPLATES["room_size_estimation"], None, P.format_number(area), think
+
+
+def _q_rel_distance(scene, rng, unique, first_seen):
+    if len(unique) < 3:
+        return None
+    idx = rng.permutation(len(unique)).tolist()
+    target, choices = unique[idx[0]], [unique[i] for i in idx[1:5]]
+    d = sorted((_dist(target, c), c.category) for c in choices)
+    if d[1][0] - d[0][0] < 0.3:
+        return None
+    names = [c.category for c in choices]
+    options = P.format_options(names)
+    letter = P.OPTION_LETTERS[names.index(d[0][1])]
+    q = P.VSI_TEMPLATES["object_rel_distance"].format(choices=", ".join(names), category=target.category)
+    think = "Distances to the " + target.category + ": " + ", ".join(f"{n} {x:.2f} m" for x, n in d) + "."
+    return q, options, letter, think
+
+
+def _direction(level: str, ang: float) -> str | None:
+    a = abs(ang)
+    side = "left" if ang > 0 else "right"
+    if level == "easy":
+        return side if 15 < a < 165 else None
+    if level == "medium":
+        if a > 145:
+            return "back"
+        return side if 20 < a < 125 else None
+    if min(abs(a - 90), a, 180 - a) < 12:  # hard: quadrants, away from the axes
+        return None
+    return ("front-" if a < 90 else "back-") + side
+
+
+def _q_direction(level: str):
+    def build(scene, rng, unique, first_seen):
+        if len(unique) < 3:
+            return None
+        p, f, q = (unique[i] for i in rng.choice(len(unique), 3, replace=False))
+        xy = [np.asarray(o.center[:2]) for o in (p, f, q)]
+        if min(np.linalg.norm(xy[1] - xy[0]), np.linalg.norm(xy[2] - xy[0])) < 0.5:
+            return None
+        ang = _angle(*xy)
+        ans = _direction(level, ang)
+        if ans is None:
+            return None
+        pool = {"easy": ["left", "right"], "medium": ["left", "right", "back"],
+                "hard": ["front-left", "front-right", "back-left", "back-right"]}[level]  # fmt: skip
+        options, letter = _mc(rng, ans, [x for x in pool if x != ans])
+        question = P.VSI_TEMPLATES[f"object_rel_direction_{level}"].format(position=p.category, facing=f.category,
+                                                                           query=q.category)  # fmt: skip
+        think = (f"Standing at the {p.category} {_pos(p)} facing the {f.category} {_pos(f)}, the {q.category} "
+                 f"{_pos(q)} is {abs(ang):.0f} degrees to the {'left' if ang > 0 else 'right'}, so {ans}.")  # fmt: skip
+        return question, options, letter, think
+
+    return build
+
+
+def _turn(ang: float) -> str | None:
+    a = abs(ang)
+    if a > 150:
+        return "turn back"
+    if 40 < a < 130:
+        return "turn left" if ang > 0 else "turn right"
+    return None
+
+
+def _q_route(scene, rng, unique, first_seen):
+    if len(unique) < 4:
+        return None
+    s, f, w, g = (unique[i] for i in rng.choice(len(unique), 4, replace=False))
+    pts = [np.asarray(o.center[:2]) for o in (s, f, w, g)]
+    turns = [_turn(_angle(pts[0], pts[1], pts[2])), _turn(_angle(pts[2], pts[2] + (pts[2] - pts[0]), pts[3]))]
+    if None in turns or np.linalg.norm(pts[2] - pts[0]) < 0.5 or np.linalg.norm(pts[3] - pts[2]) < 0.5:
+        return None
+    steps = f"1. [please fill in] 2. Go forward until the {w.category}. 3. [please fill in] 4. Go forward until the {g.category}."
+    question = P.VSI_TEMPLATES["route_planning"].format(
+        start=s.category, facing=f.category, goal=g.category, steps=steps
+    )
+    names = ["turn left", "turn right", "turn back"]
+    seqs = [", ".join(x).title() for x in itertools.product(names, repeat=2)]
+    correct = ", ".join(turns).title()
+    distractors = [seqs[i] for i in rng.permutation(len(seqs)).tolist()]
+    options, letter = _mc(rng, correct, distractors)
+    think = f"From the {s.category} facing the {f.category}, the {w.category} needs a {turns[0]}; then the {g.category} needs a {turns[1]}."
+    return question, options, letter, think
+
+
+def _q_order(scene, rng, unique_cats_unused, first_seen):
+    gap = max(2, len(scene.cam2world) // 16)  # survives uniform sampling of half the frames
+    pick: list[str] = []
+    for c in rng.permutation(sorted(c for c in first_seen if first_seen[c] is not None)).tolist():
+        if len(pick) < 4 and all(abs(first_seen[c] - first_seen[p]) >= gap for p in pick):
+            pick.append(c)
+    if len(pick) < 3:
+        return None
+    order = sorted(pick, key=first_seen.get)
+    perms = [", ".join(p) for p in itertools.permutations(pick)]
+    options, letter = _mc(rng, ", ".join(order), [perms[i] for i in rng.permutation(len(perms)).tolist()])
+    question = P.VSI_TEMPLATES["obj_appearance_order"].format(categories=", ".join(pick))
+    think = "First seen: " + ", ".join(f"{c} at frame {first_seen[c]}" for c in order) + "."
+    return question, options, letter, think
+
+
+BUILDERS = {
+    "object_counting": _q_counting,
+    "object_abs_distance": _q_abs_distance,
+    "object_size_estimation": _q_size,
+    "room_size_estimation": _q_room,
+    "object_rel_distance": _q_rel_distance,
+    "object_rel_direction_easy": _q_direction("easy"),
+    "object_rel_direction_medium": _q_direction("medium"),
+    "object_rel_direction_hard": _q_direction("hard"),
+    "route_planning": _q_route,
+    "obj_appearance_order": _q_order,
+}
+
+
+def spatial_rows(scene: Scene, rng: np.random.Generator, per_type: int, min_px: int) -> list[dict]:
+    """VSI-Bench rows for every question type (up to ``per_type`` distinct questions each)."""
+    counts = Counter(o.category for o in scene.objects)
+    unique = [o for o in scene.objects if counts[o.category] == 1]
+    first_seen: dict[str, int | None] = {}
+    for i, o in enumerate(scene.objects):
+        seen = np.flatnonzero(scene.visible_pixels[:, i] >= min_px)
+        f = int(seen[0]) if len(seen) else None
+        prev = first_seen.get(o.category)
+        first_seen[o.category] = f if prev is None else (prev if f is None else min(prev, f))
+    rows = []
+    for qtype, build in BUILDERS.items():
+        if qtype == "room_size_estimation":
+            tries, limit = 1, 1
+        else:
+            tries, limit = per_type * 6, per_type
+        if qtype not in ("object_counting", "room_size_estimation", "obj_appearance_order") and len(unique) < 2:
+            continue
+        seen_q: set[str] = set()
+        for _ in range(tries):
+            if len(seen_q) >= limit:
+                break
+            out = build(scene, rng, unique, first_seen)
+            if out is None or out[0] in seen_q:
+                continue
+            question, options, gt, think = out
+            seen_q.add(question)
+            rows.append(
+                {
+                    "id": f"{scene.name}/{qtype}_{len(seen_q) - 1}",
+                    "dataset": DATASET,
+                    "scene_name": scene.name,
+                    "question_type": qtype,
+                    "question": question,
+                    "options": options,
+                    "ground_truth": gt,
+                    "think": think,
+                }  # fmt: skip
+            )
+    return rows

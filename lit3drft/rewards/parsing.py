@@ -1,0 +1,198 @@
+"""Answer parsing: ``<think>``/``<answer>`` extraction and tolerant JSON, never ``eval``.
+
+Model output is untrusted text. Everything here is linear-time regex or ``json.loads`` on bounded input and
+returns ``None`` when the text cannot be read, so rewards can score garbage as 0 without exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_CHARS = 200_000
+"""Longer completions are cut to this many characters before parsing (bounds the time on huge input)."""
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_LETTER = re.compile(r"^\s*\(?([A-Da-d])(?:[\s).:,]|$)")
+
+
+def extract_answer(text: str) -> str | None:
+    """Text inside the last ``<answer>...</answer>``, stripped; ``None`` if there is none.
+
+    Example:
+        >>> extract_answer("<think>count</think><answer> 3 </answer>")
+        '3'
+        >>> extract_answer("no tags") is None
+        True
+    """
+    if not isinstance(text, str):
+        return None
+    found = _ANSWER.findall(text[:MAX_CHARS])
+    return found[-1].strip() if found else None
+
+
+def extract_think(text: str) -> str | None:
+    """Text inside the first ``<think>...</think>``, stripped; ``None`` if there is none.
+
+    Example:
+        >>> extract_think("<think> it is left </think><answer>A</answer>")
+        'it is left'
+    """
+    if not isinstance(text, str):
+        return None
+    found = _THINK.search(text[:MAX_CHARS])
+    return found.group(1).strip() if found else None
+
+
+def has_format(text: str, require_think: bool) -> bool:
+    """``<think>..</think>`` (when required) before exactly one ``<answer>..</answer>``.
+
+    Example:
+        >>> has_format("<think>x</think><answer>1</answer>", require_think=True)
+        True
+        >>> has_format("<answer>1</answer>", require_think=True)
+        False
+    """
+    if not isinstance(text, str):
+        return False
+    text = text[:MAX_CHARS]
+    answers = list(_ANSWER.finditer(text))
+    if len(answers) != 1 or text.lower().count("<answer>") != 1:
+        return False
+    if not require_think:
+        return True
+    think = _THINK.search(text)
+    return think is not None and think.end() <= answers[0].start()
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def parse_json(text: str | None) -> Any:
+    """Tolerant JSON: fenced or not, trailing commas, one object per line; ``None`` when unparseable.
+
+    Example:
+        >>> parse_json('```json\\n[{"label": "bed", "bbox_3d": [1, 2, 3,]},]\\n```')
+        [{'label': 'bed', 'bbox_3d': [1, 2, 3]}]
+        >>> parse_json('{"label": "a"}\\n{"label": "b"}')
+        [{'label': 'a'}, {'label': 'b'}]
+        >>> parse_json("[1, 2") is None
+        True
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[:MAX_CHARS].strip()
+    fenced = _FENCE.findall(text)
+    if fenced:
+        text = fenced[0].strip()
+    for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
+        value = _loads(candidate)
+        if value is not None:
+            return value
+    # one JSON object per line, as VG-LLM prints detections
+    lines = [ln.strip().rstrip(",") for ln in text.splitlines() if ln.strip() and ln.strip() not in "[]"]
+    if len(lines) > 1:
+        items = [_loads(_TRAILING_COMMA.sub(r"\1", ln)) for ln in lines]
+        if all(isinstance(i, dict) for i in items):
+            return items
+    return None
+
+
+def _box(value: Any) -> list[float] | None:
+    """9 finite numbers (bools excluded), else ``None``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 9:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def parse_detections(text: str | None) -> list[tuple[str, list[float]]] | None:
+    """Detection answer -> ``[(label, 9 floats), ...]``; ``None`` when it is not a list of valid entries.
+
+    Example:
+        >>> parse_detections('[{"label": "chair", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]')
+        [('chair', [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])]
+    """
+    value = parse_json(text)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str):
+            return None
+        box = _box(item.get("bbox_3d"))
+        if box is None:
+            return None
+        out.append((item["label"].strip().lower(), box))
+    return out
+
+
+def parse_grounding(text: str | None) -> tuple[int, list[float]] | None:
+    """Grounding answer ``{"frame": k, "bbox_3d": [9]}`` -> ``(k, box)``; ``None`` when invalid.
+
+    Example:
+        >>> parse_grounding('{"frame": 3, "bbox_3d": [0, 0, 2, 1, 1, 1, 0, 0, 0]}')
+        (3, [0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    """
+    value = parse_json(text)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, dict):
+        return None
+    frame, box = value.get("frame"), _box(value.get("bbox_3d"))
+    if isinstance(frame, float) and frame.is_integer():
+        frame = int(frame)
+    if not isinstance(frame, int) or isinstance(frame, bool) or box is None:
+        return None
+    return frame, box
+
+
+def parse_number(text: str | None) -> float | None:
+    """First number in the answer (``"3.5 m"`` -> 3.5); ``None`` if none or not finite.
+
+    Example:
+        >>> parse_number("about 2.5 meters")
+        2.5
+    """
+    if not isinstance(text, str):
+        return None
+    found = _NUMBER.search(text[:1000])
+    if found is None:
+        return None
+    value = float(found.group())
+    return value if math.isfinite(value) else None
+
+
+def parse_option(text: str | None, options: list[str] | None = None) -> str | None:
+    """Option letter ``A``-``D`` from ``"B"``, ``"(B)"``, ``"B. table"``, or the option text itself.
+
+    Example:
+        >>> parse_option("B. the sofa")
+        'B'
+        >>> parse_option("sofa", ["A. bed", "B. sofa"])
+        'B'
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[:1000].strip()
+    found = _LETTER.match(text)
+    if found:
+        return found.group(1).upper()
+    for i, option in enumerate(options or []):
+        body = re.sub(r"^\s*\(?[A-Da-d][).:]\s*", "", str(option)).strip().lower()
+        if body and text.lower().rstrip(".") == body:
+            return "ABCD"[i] if i < 4 else None
+    return None

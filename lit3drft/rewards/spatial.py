@@ -1,0 +1,155 @@
+"""Spatial reasoning (VSI-Bench): MRA / linear numeric scores, option letters, reward and metric."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit3drft.rewards.parsing import extract_answer, parse_number, parse_option
+
+QUESTION_TYPES = (
+    "object_counting",
+    "object_abs_distance",
+    "object_size_estimation",
+    "room_size_estimation",
+    "object_rel_distance",
+    "object_rel_direction_easy",
+    "object_rel_direction_medium",
+    "object_rel_direction_hard",
+    "route_planning",
+    "obj_appearance_order",
+)
+"""VSI-Bench question types; the three relative-direction levels count as one task in the overall."""
+NUMERIC_TYPES = QUESTION_TYPES[:4]
+NUMERIC_SCORINGS = ("mra", "linear")
+_THRESHOLDS = torch.arange(0.50, 0.951, 0.05, dtype=torch.float64)  # VSI-Bench: 0.50, 0.55, ..., 0.95
+
+
+def mean_relative_accuracy(pred: Tensor, target: Tensor) -> Tensor:
+    """Elementwise VSI-Bench MRA: mean over θ in {0.50, ..., 0.95} of ``1[|pred - target| / |target| <= 1 - θ]``.
+
+    Non-finite predictions score 0.
+
+    Example:
+        >>> mean_relative_accuracy(torch.tensor([10.0, 11.0, 13.0]), torch.tensor([10.0, 10.0, 10.0]))
+        tensor([1.0000, 0.9000, 0.5000])
+    """
+    pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    rel = (pred - target).abs() / target.abs()
+    rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, math.inf))
+    # inclusive as written (<=): a little slack, since 1 - 0.9 is 0.09999999999999998 in floating point
+    # (VSI-Bench's numpy code misses that boundary; we follow the definition)
+    hits = rel[..., None] <= (1 - _THRESHOLDS) + 1e-12
+    return hits.double().mean(-1).to(torch.get_default_dtype())
+
+
+def linear_accuracy(pred: Tensor, target: Tensor) -> Tensor:
+    """The paper's numeric reward ``max(0, 1 - |pred - target| / |target|)``, elementwise.
+
+    Example:
+        >>> linear_accuracy(torch.tensor([10.0, 12.0, 40.0]), torch.tensor([10.0, 10.0, 10.0]))
+        tensor([1.0000, 0.8000, 0.0000])
+    """
+    pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    score = (1 - (pred - target).abs() / target.abs()).clamp_min(0)
+    return torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0).to(torch.get_default_dtype())
+
+
+def _is_choice(target: dict[str, Any]) -> bool:
+    if target.get("options"):
+        return True
+    gt = target.get("ground_truth")
+    return isinstance(gt, str) and gt.strip().upper() in ("A", "B", "C", "D")
+
+
+def spatial_scores(
+    completions: list[str], targets: list[dict[str, Any]], numeric: Literal["mra", "linear"] = "mra"
+) -> Tensor:
+    """Per-sample score in [0, 1]: option-letter match, or MRA / linear accuracy of the number.
+
+    Example:
+        >>> t = [{"task": "spatial", "ground_truth": "B", "options": ["A. x", "B. y"]},
+        ...      {"task": "spatial", "ground_truth": 4.0, "options": None}]
+        >>> spatial_scores(["<answer>B</answer>", "<answer>5</answer>"], t)
+        tensor([1.0000, 0.6000])
+    """
+    if numeric not in NUMERIC_SCORINGS:
+        raise ValueError(f"unknown numeric scoring {numeric!r}; choose one of {NUMERIC_SCORINGS}")
+    scores = torch.zeros(len(completions))
+    score_fn = mean_relative_accuracy if numeric == "mra" else linear_accuracy
+    for i, (text, target) in enumerate(zip(completions, targets)):
+        answer = extract_answer(text)
+        if answer is None:
+            continue
+        if _is_choice(target):
+            letter = parse_option(answer, target.get("options"))
+            scores[i] = float(letter is not None and letter == str(target.get("ground_truth", "")).strip().upper())
+        else:
+            value = parse_number(answer)
+            try:
+                gt = float(target.get("ground_truth"))
+            except (TypeError, ValueError):
+                continue
+            if value is not None and math.isfinite(gt) and gt != 0:
+                scores[i] = float(score_fn(torch.tensor(value), torch.tensor(gt)))
+    return scores
+
+
+def spatial_reward(
+    completions: list[str], targets: list[dict[str, Any]], numeric: Literal["mra", "linear"] = "mra", **_: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Spatial-reasoning reward: ``(score (N,), {"spatial": score})``.
+
+    Example:
+        >>> r, parts = spatial_reward(["<answer>A</answer>"], [{"ground_truth": "A", "options": ["A. a"]}])
+        >>> r
+        tensor([1.])
+    """
+    score = spatial_scores(completions, targets, numeric)
+    return score, {"spatial": score}
+
+
+class SpatialScore(Metric):
+    """VSI-Bench scores ×100 per question type and overall (mean of 8 tasks; relative direction first
+    averages its three levels). Numerical types use MRA (the benchmark's metric), whatever the reward uses.
+
+    Example:
+        >>> m = SpatialScore()
+        >>> m.update(["<answer>A</answer>"], [{"question_type": "route_planning", "ground_truth": "A",
+        ...                                      "options": ["A. go", "B. stop"]}])
+        >>> m.compute()["overall"]
+        tensor(100.)
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score_sum", torch.zeros(len(QUESTION_TYPES), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(len(QUESTION_TYPES), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, completions: list[str], targets: list[dict[str, Any]]) -> None:
+        scores = spatial_scores(completions, targets, "mra")
+        for score, target in zip(scores.tolist(), targets):
+            qt = target.get("question_type")
+            if qt not in QUESTION_TYPES:
+                raise ValueError(f"unknown question_type {qt!r}; choose one of {QUESTION_TYPES}")
+            k = QUESTION_TYPES.index(qt)
+            self.score_sum[k] += score
+            self.count[k] += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        per_type = 100 * self.score_sum / self.count.clamp_min(1)
+        out = {qt: per_type[k].float() for k, qt in enumerate(QUESTION_TYPES) if self.count[k] > 0}
+        direction = [out[q] for q in QUESTION_TYPES[5:8] if q in out]
+        if direction:
+            out["object_rel_direction"] = torch.stack(direction).mean()
+        tasks = [q for q in QUESTION_TYPES[:5] + ("object_rel_direction",) + QUESTION_TYPES[8:] if q in out]
+        out["overall"] = torch.stack([out[q] for q in tasks]).mean() if tasks else torch.tensor(0.0)
+        return out

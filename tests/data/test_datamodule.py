@@ -1,0 +1,84 @@
+from dataclasses import replace
+
+import pytest
+
+from lit3drft.data.config import DataConfig
+from lit3drft.data.datamodule import LitDataModule
+from tests.data.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def cfg(bench):
+    root, _ = bench
+    return DataConfig(root=str(root), synth=TINY, batch_size=3, eval_batch_size=4)
+
+
+def scenes(ds):
+    return {r.meta["scene_name"] for r, _, _ in ds.entries}
+
+
+def test_batches_keep_samples_targets_and_model_inputs(cfg):
+    dm = LitDataModule(cfg, collate_fn=lambda s: {"n_frames": [len(x.frames) for x in s]})
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["samples"]) == 3 and batch["targets"] == [s.target for s in batch["samples"]]
+    assert batch["n_frames"] == [len(s.frames) for s in batch["samples"]]
+    assert {r.task for r, _, _ in dm.datasets["train"].entries} == {"detection", "grounding", "spatial"}
+    assert dm.detection_classes
+
+
+def test_no_scene_in_two_splits(cfg):
+    dm = LitDataModule(cfg)
+    dm.setup()
+    tr, va, te = (scenes(dm.datasets[s]) for s in ("train", "val", "test"))
+    assert tr and va and te and not (tr & va) and not (tr & te) and not (va & te)
+
+
+def test_shuffling_is_deterministic_per_seed(cfg):
+    def order(seed):
+        dm = LitDataModule(replace(cfg, seed=seed))
+        dm.setup("fit")
+        return [s.id for b in dm.train_dataloader() for s in b["samples"]][:12]
+
+    assert order(0) == order(0) != order(1)
+
+
+def test_mix_filters_caps_and_modes(cfg):
+    dm = LitDataModule(replace(cfg, tasks=["grounding"], train_mode="da+ta", eval_mode="ta", max_eval_samples=2))
+    dm.setup()
+    train = dm.datasets["train"].entries
+    assert {r.task for r, _, _ in train} == {"grounding"}
+    assert sorted(m for _, m, _ in train) == ["da", "ta"] * (len(train) // 2) or len({m for _, m, _ in train}) == 2
+    assert len(dm.datasets["val"]) <= 2 and {m for _, m, _ in dm.datasets["val"].entries} == {"ta"}
+    s = dm.datasets["train"][0]
+    assert s.id.endswith(("@da", "@ta"))
+    capped = [replace(src, max_samples=3, weight=2.0) for src in cfg.sources]
+    dm = LitDataModule(replace(cfg, sources=capped))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 3 * 2 * len(capped)
+
+
+def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
+    synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
+    dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
+    dm.prepare_data()
+    assert (tmp_path / "bench" / "manifest.json").exists()
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) > 0
+
+
+def test_skip_mode_counts_bad_rows(cfg, tmp_path):
+    import json
+    from pathlib import Path
+
+    root = cfg.root
+    bad = tmp_path / "bad.jsonl"
+    lines = Path(root, "tasks/train/detection_4f.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["images"][0] = "missing.png"
+    bad.write_text("\n".join([lines[0], json.dumps(row)]) + "\n")
+    src = replace(cfg.sources[0], name="bad", path=str(bad), split="train")
+    dm = LitDataModule(replace(cfg, sources=[src], on_bad_sample="skip"))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 1 and dm.skipped.count == 1

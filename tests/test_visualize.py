@@ -1,0 +1,29 @@
+import numpy as np
+from PIL import Image
+
+from lit3drft.visualize import main
+from tests.data.conftest import TINY  # noqa: F401  (the bench fixture lives in tests/data)
+
+
+def test_grid_with_ground_truth_and_predictions(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from lit3drft.data.synth import generate
+
+    root = tmp_path / "bench"
+    generate(replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4]), root, progress=False)
+    row = json.loads((root / "tasks" / "train" / "detection_4f.jsonl").read_text().splitlines()[0])
+    pred = tmp_path / "predictions.jsonl"
+    pred.write_text(
+        json.dumps({"id": f"detection_4f/{row['id']}", "completion": row["conversations"][1]["value"]}) + "\n"
+    )
+    out = tmp_path / "grid.png"
+    main(["--root", str(root), "--file", "tasks/train/detection_4f.jsonl", "--rows", "1",
+          "--predictions", str(pred), "--out", str(out)])  # fmt: skip
+    im = np.asarray(Image.open(out))
+    assert im.shape == (112 * 2, 112 * 2 * 4, 3)
+    red = (im[..., 0] > 240) & (im[..., 1] < 60)
+    assert red.sum() > 50 or not row["boxes"]  # predicted boxes (drawn over the ground truth) are visible
+    main(["--root", str(root), "--scene", "scene00000", "--out", str(tmp_path / "scene.png")])
+    assert (tmp_path / "scene.png").exists()
