@@ -50,7 +50,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     Example:
         >>> runs = pd.DataFrame({"run": list("abcd"), "grpo.beta": [0, 0, 0.1, 0.1], "seed": [0, 1, 0, 1],
         ...                      "test/f1": [0.2, 0.4, 0.5, 0.5]})
-        >>> summarise(runs)[["grpo.beta", "test/f1 mean", "test/f1 n"]].to_dict("list")
+        >>> summarise(runs)[["grpo.beta", "test/f1 mean", "test/f1 n"]].round(6).to_dict("list")
         {'grpo.beta': [0.0, 0.1], 'test/f1 mean': [0.3, 0.5], 'test/f1 n': [2, 2]}
     """
     keys, metrics = split_columns(runs)

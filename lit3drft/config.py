@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lit3drft.algorithms.config import GRPOConfig
 from lit3drft.data.config import DataConfig
@@ -187,10 +187,14 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
 def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, layer)
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{source}: unknown key '{key}': {msg}{_choices_hint(key)}") from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         msg = str(err).splitlines()[0]
-        raise ConfigError(f"{source}: bad key or value at '{key}': {msg}{_choices_hint(key)}") from err
+        raise ConfigError(f"{source}: bad value at '{key}': {msg}") from err
 
 
 def _choices_hint(dotted: str) -> str:

@@ -40,7 +40,7 @@ def test_every_shipped_yaml_loads(path: Path) -> None:
 
 def test_experiments_exist() -> None:
     names = {p.name for p in EXPERIMENTS}
-    assert {"sft_tiny.yaml", "quickstart.yaml"} <= names
+    assert {"sft_tiny.yaml"} <= names
 
 
 def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
 def test_bad_choice_names_valid_choices() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, ["stages=[{kind: ppo}]"])
-    assert "stages.0.kind" in str(err.value) and "sft, grpo" in str(err.value)
+    assert "kind" in str(err.value) and "'sft', 'grpo'" in str(err.value) and "ppo" in str(err.value)
 
 
 def test_bad_type_is_a_config_error() -> None:
@@ -89,3 +89,12 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
 def test_describe_lists_nested_keys() -> None:
     keys = {k for k, _, _ in describe()}
     assert {"grpo.beta", "trainer.strategy", "seed", "stages"} <= keys
+
+
+def test_bad_choice_in_a_file_names_file_key_and_choices(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  loss_type: ppo\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "grpo.loss_type" in msg and "dapo" in msg

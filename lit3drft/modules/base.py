@@ -16,8 +16,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit3drft.config import EvalConfig, StageConfig
-from lit3drft.rewards import RewardConfig, TaskMetrics, score_completions
-from lit3drft.rewards.parsing import parse_answer
+from lit3drft.rewards import RewardConfig, TaskMetrics, parse_answer, score_completions
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -89,7 +88,7 @@ class PolicyModule(L.LightningModule):
                     "task": sample.task,
                     "mode": sample.mode,
                     "completion": text,
-                    "parsed": parse_answer(text, sample.task),
+                    "parsed": parse_answer(text, sample.task, sample.target.get("options")),
                     "reward": round(float(out.total[i]), 6),
                     "components": components,
                 }

@@ -196,3 +196,25 @@ def parse_option(text: str | None, options: list[str] | None = None) -> str | No
         if body and text.lower().rstrip(".") == body:
             return "ABCD"[i] if i < 4 else None
     return None
+
+
+def parse_answer(text: str, task: str, options: list[str] | None = None) -> Any:
+    """What the reward reads from a completion for ``task``, as JSON-ready data; ``None`` if unparseable.
+
+    Used for ``predictions.jsonl``; the rewards themselves call the task parsers directly.
+
+    Example:
+        >>> parse_answer('<answer>{"frame": 2, "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}</answer>', "grounding")
+        {'frame': 2, 'bbox_3d': [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}
+        >>> parse_answer("<answer>B</answer>", "spatial"), parse_answer("<answer>2.5</answer>", "spatial")
+        ('B', 2.5)
+    """
+    answer = extract_answer(text)
+    if task == "detection":
+        boxes = parse_detections(answer)
+        return None if boxes is None else [{"label": label, "bbox_3d": list(box)} for label, box in boxes]
+    if task == "grounding":
+        found = parse_grounding(answer)
+        return None if found is None else {"frame": found[0], "bbox_3d": list(found[1])}
+    option = parse_option(answer, options)
+    return option if option is not None else parse_number(answer)
