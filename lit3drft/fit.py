@@ -28,6 +28,7 @@ from lit3drft.config import ConfigError, RunConfig, StageConfig, describe, load_
 from lit3drft.data.datamodule import LitDataModule
 from lit3drft.models import build_policy
 from lit3drft.modules.base import PolicyModule
+from lit3drft.modules.grpo import GRPOModule
 from lit3drft.modules.sft import SFTModule
 from lit3drft.runinfo import device_description, git_commit, write_json_atomic
 
@@ -101,8 +102,6 @@ def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: LitDataMod
     )
     if stage.kind == "sft":
         return SFTModule(**kwargs)
-    from lit3drft.modules.grpo import GRPOModule  # GRPO pulls in generation-only code
-
     return GRPOModule(grpo_cfg=cfg.grpo, **kwargs)
 
 

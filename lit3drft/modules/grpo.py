@@ -31,6 +31,15 @@ class GRPOModule(PolicyModule):
         self.grpo = grpo_cfg
         self.automatic_optimization = False
 
+    def setup(self, stage: str) -> None:
+        """Freeze the KL reference before any checkpoint is restored (so a resumed run keeps the same one).
+
+        Full fine-tuning: a frozen copy of the weights this stage starts from (the SFT model). LoRA: the base
+        model with the adapter disabled (as TRL does), which costs no memory; see README.
+        """
+        if stage == "fit" and self.grpo.beta > 0 and not self.policy.uses_adapter:
+            self.policy.snapshot_reference()
+
     # ------------------------------------------------------------------ one rollout batch
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         cfg, G = self.grpo, self.grpo.num_generations

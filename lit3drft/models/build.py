@@ -1,0 +1,167 @@
+"""``build_policy(cfg)``: checkpoint (local or the tiny preset) -> processor + model -> fine-tuning -> ``Policy``.
+
+How torchvision is obtained: the project runs torch 2.14.1 + torchvision 0.29.1 (the CUDA wheels, which
+also run on the CPU; ``make setup`` pins them). transformers 5.x only builds ``Qwen2_5_VLProcessor`` and the
+video processor when torchvision imports, and no CPU torchvision exists for the lighter torch 2.13.0+cpu
+here (see ../shared/NOTES-qwen-vl-cpu.md). With the real classes the tiny preset and a downloaded
+checkpoint share every line of input processing (chat template, image-token expansion, video frames), and
+the GRPO baseline (TRL) runs on the same stack. The cost is a ~5.5 GB venv; no custom processor subclass
+or hand-written image-token expansion is needed.
+
+Everything loads offline: a missing ``model.pretrained`` directory is an error that says what to download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit3drft.models.config import ModelConfig
+from lit3drft.models.geometry import build_geometry_encoder
+from lit3drft.models.policy import Policy
+from lit3drft.models.tiny import tiny_checkpoint
+
+
+def resolve_checkpoint(cfg: ModelConfig) -> Path:
+    """The local checkpoint directory for ``cfg`` (building the tiny preset if needed)."""
+    if cfg.preset == "tiny":
+        return tiny_checkpoint(cfg)
+    if cfg.preset:
+        raise ValueError(f"unknown model.preset {cfg.preset!r}; valid choices: tiny, '' (use model.pretrained)")
+    path = Path(cfg.pretrained).expanduser()
+    if not cfg.pretrained or not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"model.pretrained={cfg.pretrained!r} is not a local Hugging Face checkpoint (no config.json). Nothing is "
+            "downloaded at run time: fetch one beforehand, e.g. `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct "
+            "--local-dir checkpoints/Qwen2.5-VL-3B-Instruct` (model, tokenizer and preprocessor files), and set "
+            "model.pretrained to that directory; or use model.preset=tiny."
+        )
+    return path
+
+
+def torch_dtype(cfg: ModelConfig) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_processor(path: Path, cfg: ModelConfig) -> Any:
+    """The checkpoint's processor with explicit frame-size bounds and left padding (generation prompts)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+    for sub in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
+        if sub is not None:
+            sub.size = dict(size)
+            for attr, value in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)):
+                if hasattr(sub, attr):
+                    setattr(sub, attr, value)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model(path: Path, cfg: ModelConfig) -> nn.Module:
+    """``AutoModelForImageTextToText`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL); 4-bit nf4 under QLoRA."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = dict(
+        dtype=torch_dtype(cfg), attn_implementation=cfg.attn_implementation, local_files_only=True
+    )
+    if cfg.finetune == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=[r".*visual", "lm_head"],  # quantise the LLM only, as QLoRA recipes for Qwen-VL do
+        )
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def lora_target_regex(names: list[str]) -> str:
+    """Regex matching ``names`` inside the language model only (the vision tower has ``*_proj`` layers too).
+
+    Example:
+        >>> import re
+        >>> rx = lora_target_regex(["q_proj", "down_proj"])
+        >>> bool(re.fullmatch(rx, "model.language_model.layers.0.self_attn.q_proj")), bool(re.fullmatch(rx, "model.visual.blocks.0.mlp.down_proj"))
+        (True, False)
+    """
+    return r".*language_model\..*\.(" + "|".join(names) + r")"
+
+
+def apply_freezing(model: nn.Module, cfg: ModelConfig) -> None:
+    """Full fine-tuning: freeze the vision tower / merger / LLM as configured."""
+    for name, p in model.named_parameters():
+        if ".visual.merger." in f".{name}" or name.startswith("visual.merger"):
+            p.requires_grad_(not cfg.freeze_merger)
+        elif "visual." in name:
+            p.requires_grad_(not cfg.freeze_vision)
+        else:
+            p.requires_grad_(not cfg.freeze_llm)
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Wrap ``model`` for ``cfg.finetune`` (peft LoRA / QLoRA, or full with freezing) + gradient checkpointing."""
+    if cfg.finetune == "full":
+        apply_freezing(model, cfg)
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(model)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.finetune == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_regex(cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def build_policy(cfg: ModelConfig) -> Policy:
+    """Load the checkpoint and processor offline, apply fine-tuning and the geometry prior.
+
+    Example:
+        >>> policy = build_policy(ModelConfig(preset="tiny"))  # doctest: +SKIP
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_checkpoint(cfg)
+    processor = load_processor(path, cfg)
+    model = apply_finetuning(load_model(path, cfg), cfg)
+    text_cfg = getattr(model.config, "text_config", model.config)
+    ip = processor.image_processor
+    geometry = build_geometry_encoder(cfg.geometry, cfg.geometry_dim, text_cfg.hidden_size, ip.patch_size,
+                                      ip.merge_size, cfg.vggt_path)  # fmt: skip
+    if geometry is not None and getattr(model.config, "model_type", "") not in ("qwen2_vl", "qwen2_5_vl"):
+        raise NotImplementedError(f"model.geometry={cfg.geometry} supports Qwen2-VL / Qwen2.5-VL checkpoints only")
+    if geometry is not None:
+        geometry.to(next(model.parameters()).device)
+        for name, p in geometry.named_parameters():
+            p.requires_grad_(not cfg.freeze_geometry and not name.startswith("vggt."))
+    return Policy(model, processor, cfg, geometry)

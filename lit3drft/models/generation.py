@@ -1,0 +1,222 @@
+"""Group generation with one prefill per prompt, and the matching batched log-prob pass.
+
+``generate_group`` encodes each prompt's frames and prefills its prompt **once**, then repeats the KV cache
+(and the per-row ``rope_deltas``) G times and samples all B*G rows together. Naive GRPO (a batch of G
+copies through ``model.generate``) runs the vision tower and the prompt G times.
+
+Log-prob conventions (shared by sampling and ``sequence_logprobs``, so the two agree to float precision):
+``log_softmax(logits / temperature)`` with the vision special tokens masked out (when suppressed); top-k
+and top-p only restrict *sampling*, as in TRL and verl, they do not renormalise the recorded log-probs.
+A completion ends with its stop token (``<|im_end|>`` / EOS), which is inside ``completion_mask``;
+positions after it hold the pad token and mask 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from lit3drft.data.sample import Sample
+    from lit3drft.models.policy import Policy
+
+
+@dataclass
+class Rollout:
+    """G completions for each of B prompts; row ``r`` belongs to prompt ``r // G``."""
+
+    prompt_inputs: dict[str, Tensor]
+    """The B prompts' model inputs from ``Policy.collate`` (left-padded, on the policy's device)."""
+    completion_ids: Tensor
+    """``(B*G, T)`` sampled token ids, pad after the stop token; T = longest completion."""
+    completion_mask: Tensor
+    """``(B*G, T)`` 1 on completion tokens up to and including the stop token, 0 after."""
+    logprobs: Tensor
+    """``(B*G, T)`` float32 log-probs of the sampled tokens under the sampling policy (0 where masked)."""
+    texts: list[str]
+    """Decoded completions (special tokens dropped)."""
+    truncated: Tensor
+    """``(B*G,)`` bool: no stop token within ``max_new_tokens``."""
+    group: Tensor
+    """``(B*G,)`` prompt index of each row (``r // G``)."""
+    num_generations: int = 1
+    """G."""
+    temperature: float = 1.0
+    """Sampling temperature; ``sequence_logprobs`` uses the same by default."""
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float) -> Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf; the argmax always survives.
+
+    Example:
+        >>> filter_logits(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), top_k=2, top_p=1.0)
+        tensor([[3., 2., -inf, -inf]])
+    """
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # tokens after the nucleus is complete
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _scaled_logits(policy: Policy, logits: Tensor, temperature: float) -> Tensor:
+    logits = logits.float()
+    if policy.cfg.suppress_vision_tokens and policy.suppressed_token_ids:
+        logits[..., policy.suppressed_token_ids] = float("-inf")
+    return logits / temperature
+
+
+def _index_prompts(batch: dict[str, Tensor], idx: list[int]) -> dict[str, Tensor]:
+    """The sub-batch of prompts ``idx`` (in that order; repeats allowed), slicing pixel rows per entry."""
+    out = {k: batch[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch}
+    for pix, grid, count in (("pixel_values", "image_grid_thw", "image_counts"),
+                             ("pixel_values_videos", "video_grid_thw", "video_counts")):  # fmt: skip
+        if batch.get(pix) is None:
+            continue
+        entry_start = torch.cat([torch.zeros(1, dtype=torch.long), batch[count].cpu().cumsum(0)])
+        patches = batch[grid].prod(-1).cpu()
+        patch_start = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
+        entries = [e for i in idx for e in range(entry_start[i], entry_start[i + 1])]
+        rows = torch.cat([torch.arange(patch_start[e], patch_start[e + 1]) for e in entries])
+        out[pix], out[grid], out[count] = (
+            batch[pix][rows.to(batch[pix].device)],
+            batch[grid][entries],
+            batch[count][idx],
+        )
+        if grid == "video_grid_thw" and batch.get("second_per_grid_ts") is not None:
+            out["second_per_grid_ts"] = batch["second_per_grid_ts"][entries]
+        if "geometry_values" in batch:
+            out["geometry_values"] = batch["geometry_values"][rows.to(batch["geometry_values"].device)]
+        if "geometry_frames" in batch:
+            out["geometry_frames"] = batch["geometry_frames"][entries]
+    return out
+
+
+@torch.no_grad()
+def _decode(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new_tokens: int,
+            temperature: float, top_p: float, top_k: int | None, greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Prefill B prompts once, repeat the cache ``repeats`` times, decode. Returns ids, mask, logprobs, truncated."""
+    hf = policy.hf_model
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    pos, deltas = policy.positions(ids, batch["mm_token_type_ids"], mask, batch)
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+             **policy.visual_kwargs(batch))  # fmt: skip
+    cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    if repeats > 1:  # one prefill per prompt, shared by its G rows
+        cache.batch_repeat_interleave(repeats)
+        logits, mask, deltas = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, deltas))
+    n = logits.shape[0]
+    next_pos = mask.sum(1, keepdim=True) + deltas  # (N, 1): text position of the first completion token
+    stop = torch.tensor(policy.stop_token_ids, device=ids.device)
+    done = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    tokens, logps, masks = [], [], []
+    for t in range(max_new_tokens):
+        scaled = _scaled_logits(policy, logits, temperature)
+        if greedy:
+            tok = scaled.argmax(-1)
+        else:
+            probs = filter_logits(scaled, top_k, top_p).softmax(-1)
+            tok = torch.multinomial(probs, 1).squeeze(1)
+        tok = torch.where(done, torch.full_like(tok, policy.pad_token_id), tok)
+        logps.append(scaled.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(done, 0.0))
+        masks.append(~done)
+        tokens.append(tok)
+        done = done | torch.isin(tok, stop)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        p = (next_pos + t).view(1, n, 1).expand(3, n, 1)
+        out = hf(input_ids=tok[:, None], attention_mask=mask, position_ids=p, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return torch.stack(tokens, 1), torch.stack(masks, 1).long(), torch.stack(logps, 1), ~done
+
+
+def _texts(policy: Policy, ids: Tensor, mask: Tensor) -> list[str]:
+    return policy.tokenizer.batch_decode(
+        [row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True
+    )
+
+
+def generate_texts(policy: Policy, samples: list[Sample], max_new_tokens: int, greedy: bool = True) -> list[str]:
+    """One completion per sample (greedy by default), KV cache, stop at ``<|im_end|>``/EOS."""
+    batch = policy.to_device(policy.collate(samples))
+    ids, mask, _, _ = _decode(policy, batch, 1, max_new_tokens, 1.0, 1.0, None, greedy)
+    return _texts(policy, ids, mask)
+
+
+def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], num_generations: int,
+                   temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+                   max_new_tokens: int = 256) -> Rollout:  # fmt: skip
+    """Sample ``num_generations`` completions per prompt with one vision pass and one prefill per prompt."""
+    batch = samples if isinstance(samples, dict) else policy.collate(samples)
+    batch = policy.to_device({k: v for k, v in batch.items() if k != "labels"})
+    ids, mask, logps, truncated = _decode(policy, batch, num_generations, max_new_tokens, temperature, top_p,
+                                          top_k, greedy=False)  # fmt: skip
+    group = torch.arange(len(batch["input_ids"]), device=ids.device).repeat_interleave(num_generations)
+    return Rollout(batch, ids, mask, logps, _texts(policy, ids, mask), truncated, group, num_generations, temperature)
+
+
+def _token_logprobs(policy: Policy, hidden: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """``(b, t, D)`` hidden states -> ``(b, t)`` log-probs of ``targets``, without keeping full-vocab tensors."""
+    logits = _scaled_logits(policy, policy.hf_model.lm_head(hidden), temperature)  # (b, t, V)
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def sequence_logprobs(policy: Policy, rollout: Rollout, rows: list[int] | Tensor | None = None,
+                      temperature: float | None = None, chunk_size: int = 64) -> Tensor:  # fmt: skip
+    """Log-probs ``(len(rows), T)`` of ``rollout.completion_ids[rows]`` in one forward (0 where masked).
+
+    Differentiable when grad is enabled. Each distinct prompt among ``rows`` goes through the vision tower
+    once; positions come from ``get_rope_index`` over prompt + completion with ``mm_token_type_ids``
+    zero-extended over the completion, which reproduces generation-time positions exactly. The LM head and
+    log-softmax run ``chunk_size`` positions at a time (recomputed in backward), so no ``(b, T, V)`` tensor
+    is kept. ``rows`` default: all rows; ``temperature`` default: the rollout's.
+    """
+    rows = torch.arange(len(rollout.texts)) if rows is None else torch.as_tensor(rows).flatten()
+    rows = rows.to(rollout.completion_ids.device)
+    temperature = rollout.temperature if temperature is None else temperature
+    prompt_of_row = rollout.group[rows]
+    uniq, inverse = torch.unique(prompt_of_row, return_inverse=True)
+    prompts = _index_prompts(rollout.prompt_inputs, uniq.tolist())
+    expanded = _index_prompts(prompts, inverse.tolist())  # grids and token types per row
+    if policy.reuses_visual_features:
+        visual = policy.encode_visual(prompts)  # once per distinct prompt
+        per_prompt = {k: _entries_by_prompt(v, prompts, k) for k, v in visual.items()}
+        feats = {k: [f for i in inverse.tolist() for f in v[i]] for k, v in per_prompt.items()}
+        visual_kwargs = {"mm_encoder_outputs": policy.encoder_outputs(feats)}
+    else:  # e.g. Qwen3-VL's deepstack features: let HF encode each row's frames
+        visual_kwargs = policy.visual_kwargs(expanded)
+
+    comp, cmask = rollout.completion_ids[rows], rollout.completion_mask[rows]
+    p_len = expanded["input_ids"].shape[1]
+    ids = torch.cat([expanded["input_ids"], comp], 1)
+    mask = torch.cat([expanded["attention_mask"], cmask.to(expanded["attention_mask"].dtype)], 1)
+    types = torch.cat(
+        [expanded["mm_token_type_ids"], torch.zeros_like(comp, dtype=expanded["mm_token_type_ids"].dtype)], 1
+    )
+    pos, _ = policy.positions(ids, types, mask, expanded)
+    hidden = policy.core(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **visual_kwargs)
+    hidden = hidden.last_hidden_state
+    hidden = hidden[:, p_len - 1 : -1]  # (b, T, D): the state before each completion token
+    out = []
+    for s in range(0, comp.shape[1], chunk_size):
+        h, tgt = hidden[:, s : s + chunk_size], comp[:, s : s + chunk_size]
+        if torch.is_grad_enabled():
+            out.append(checkpoint(_token_logprobs, policy, h, tgt, temperature, use_reentrant=False))
+        else:
+            out.append(_token_logprobs(policy, h, tgt, temperature))
+    return torch.cat(out, 1).masked_fill(cmask == 0, 0.0)
+
+
+def _entries_by_prompt(feats: list[Tensor], prompts: dict[str, Tensor], kind: str) -> list[list[Tensor]]:
+    counts = prompts["image_counts" if kind == "image" else "video_counts"].tolist()
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [feats[s : s + c] for s, c in zip(starts, counts)]

@@ -1,0 +1,307 @@
+"""The policy: a Qwen-VL model (LoRA/QLoRA/full) + its processor + the optional geometry prior.
+
+``Policy`` is a plain ``nn.Module`` that the SFT and GRPO LightningModules hold. It owns every detail of
+how samples become model inputs and how visual tokens are positioned, so consumers never touch
+``mm_token_type_ids``, mrope positions or ``rope_deltas``:
+
+- ``collate(samples, with_answer)``: chat template + the real processor; frames as a list of images
+  (VG-LLM: ``frame_labels[i]`` before frame i, then the prompt) or as one video. Rows are left-padded.
+  With an answer, ``labels`` hold the answer tokens and the final ``<|im_end|>``; -100 elsewhere.
+- ``forward(batch)``: logits (and HF's shifted CE ``loss`` when ``labels`` are given).
+- ``generate`` / ``generate_group`` / ``sequence_logprobs``: see ``lit3drft.models.generation``.
+- ``reference()``: context in which every forward runs the reference policy (adapter disabled under
+  LoRA/QLoRA: no second copy; a frozen copy under full fine-tuning).
+
+Positions are always computed here with the model's own ``get_rope_index`` over the whole sequence and
+passed explicitly, so HF's cached ``rope_deltas`` (stale after ``generate``, see the notes) are never used.
+The ``mm_encoder_outputs`` hook of HF's forward carries visual features computed once per prompt (and
+the geometry prior's addition) into the language model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from lit3drft.data.sample import Sample
+from lit3drft.models.config import ModelConfig
+from lit3drft.models.geometry import depth_ray_map, geometry_patches
+
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+"""Tokens that must never appear in a completion (they break the next forward's visual bookkeeping)."""
+
+MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "pixel_values_videos",
+              "image_grid_thw", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
+
+
+class Policy(nn.Module):
+    """A Qwen-VL policy with its processor; see the module docstring for the API."""
+
+    def __init__(self, model: nn.Module, processor: Any, cfg: ModelConfig, geometry: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model  # peft.PeftModel under lora/qlora, the HF model under full fine-tuning
+        self.geometry = geometry
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.reference_model: nn.Module | None = None  # frozen copy (full fine-tuning), made on demand
+        self._in_reference = False
+        tok = self.tokenizer
+        self.pad_token_id = (
+            tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        )
+        stops = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        eos = getattr(self.hf_model.generation_config, "eos_token_id", None)
+        stops |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        stops |= {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        self.stop_token_ids = sorted(i for i in stops if i is not None and i >= 0)
+        vocab = tok.get_vocab()
+        self.suppressed_token_ids = sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
+
+    # ------------------------------------------------------------------ model access
+    @property
+    def reuses_visual_features(self) -> bool:
+        """Whether visual features can be computed once and handed to HF (Qwen2-VL / Qwen2.5-VL: one tensor
+        per frame). Qwen3-VL also injects deepstack features inside the LLM; it takes the raw-pixel path."""
+        return getattr(self.hf_model.config, "model_type", "") in ("qwen2_vl", "qwen2_5_vl")
+
+    @property
+    def uses_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The HF ``*ForConditionalGeneration`` that runs now (LoRA layers are injected into it in place)."""
+        if self._in_reference and self.reference_model is not None:
+            return self.reference_model
+        return self.model.get_base_model() if self.uses_adapter else self.model
+
+    @property
+    def core(self) -> nn.Module:
+        """The HF ``*Model`` (vision tower + language model, no LM head)."""
+        return self.hf_model.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Run the reference policy inside the block: adapter disabled (LoRA/QLoRA) or a frozen copy (full FT).
+
+        Under full fine-tuning the copy is taken at the first call (or by ``snapshot_reference``); the
+        geometry prior keeps its current weights (freeze it with ``model.freeze_geometry`` for a fixed reference).
+        """
+        if self.uses_adapter:
+            with self.model.disable_adapter():
+                yield
+            return
+        if self.reference_model is None:
+            self.snapshot_reference()
+        self._in_reference = True
+        try:
+            yield
+        finally:
+            self._in_reference = False
+
+    def snapshot_reference(self) -> None:
+        """Make the current weights the reference (call at the start of GRPO, after SFT).
+
+        Full FT: a frozen copy. LoRA: the adapter is merged into the (full-precision) base weights and
+        re-initialised, so ``disable_adapter`` then gives the SFT model and the memory cost stays zero.
+        """
+        if not self.uses_adapter:
+            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+            object.__setattr__(self, "reference_model", ref)  # not a submodule: stays out of state_dict
+            return
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                for name in module.active_adapters:
+                    if not module.get_base_layer().weight.dtype.is_floating_point:  # bnb 4-bit packs uint8
+                        raise NotImplementedError("snapshot_reference cannot merge into quantised (QLoRA) weights")
+                    base = module.get_base_layer().weight
+                    base.data += module.get_delta_weight(name).to(base.dtype)
+                    module.reset_lora_parameters(name, True)
+
+    # ------------------------------------------------------------------ inputs
+    def _messages(self, sample: Sample) -> list[dict[str, Any]]:
+        content: list[dict[str, str]] = []
+        if self.cfg.frames_as == "video":
+            content.append({"type": "video"})
+        else:
+            for i in range(len(sample.frames)):
+                if sample.frame_labels:
+                    content.append({"type": "text", "text": sample.frame_labels[i]})
+                content.append({"type": "image"})
+        content.append({"type": "text", "text": sample.prompt})
+        return [{"role": "user", "content": content}]
+
+    def collate(self, samples: list[Sample], with_answer: bool = False) -> dict[str, Tensor]:
+        """Model inputs for ``samples`` (left-padded); ``labels`` (answer + ``<|im_end|>``) when ``with_answer``.
+
+        Extra keys beside the HF inputs: ``image_counts`` / ``video_counts`` ``(B,)`` (entries per sample,
+        to slice ``pixel_values`` by sample) and ``geometry_values`` when the depth prior is on.
+        """
+        prompts = [self.processor.apply_chat_template(self._messages(s), tokenize=False, add_generation_prompt=True)
+                   for s in samples]  # fmt: skip
+        video = self.cfg.frames_as == "video"
+        kwargs: dict[str, Any] = {"videos": [s.frames for s in samples]} if video else {
+            "images": [f for s in samples for f in s.frames]}  # fmt: skip
+        batch = dict(self.processor(text=prompts, padding=True, return_tensors="pt", **kwargs))
+        batch.pop("video_metadata", None)
+        counts = torch.tensor([1 if video else len(s.frames) for s in samples])
+        batch["video_counts" if video else "image_counts"] = counts
+        if "second_per_grid_ts" in batch:
+            batch["second_per_grid_ts"] = torch.as_tensor(batch["second_per_grid_ts"], dtype=torch.float32)
+        if with_answer:
+            batch.update(self._append_answers(batch, [s.answer for s in samples]))
+        if self.cfg.geometry != "none":
+            batch.update(self._geometry_inputs(samples, batch))
+        return batch
+
+    def _append_answers(self, batch: dict[str, Tensor], answers: list[str]) -> dict[str, Tensor]:
+        """Prompt rows + answer tokens + ``<|im_end|>``, re-left-padded; labels on the appended tokens only."""
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        rows, types, labels = [], [], []
+        for i, answer in enumerate(answers):
+            keep = batch["attention_mask"][i].bool()
+            ans = torch.tensor(self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [end])
+            rows.append(torch.cat([batch["input_ids"][i][keep], ans]))
+            types.append(torch.cat([batch["mm_token_type_ids"][i][keep], torch.zeros_like(ans)]))
+            labels.append(torch.cat([torch.full((int(keep.sum()),), -100), ans]))
+        width = max(len(r) for r in rows)
+
+        def left_pad(xs: list[Tensor], value: int) -> Tensor:
+            return torch.stack([torch.cat([torch.full((width - len(x),), value, dtype=x.dtype), x]) for x in xs])
+
+        ids = left_pad(rows, self.pad_token_id)
+        mask = left_pad([torch.ones_like(r) for r in rows], 0)
+        return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": left_pad(types, 0),
+                "labels": left_pad(labels, -100)}  # fmt: skip
+
+    def _geometry_inputs(self, samples: list[Sample], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        ip = self.processor.image_processor
+        video = self.cfg.frames_as == "video"
+        grid = batch["video_grid_thw" if video else "image_grid_thw"]
+        if self.cfg.geometry == "vggt":
+            if video:
+                raise ValueError("geometry=vggt supports frames_as=images only")
+            frames = [torch.from_numpy(np.asarray(f.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                      for s in samples for f in s.frames]  # fmt: skip
+            size = [(h * ip.patch_size, w * ip.patch_size) for _, h, w in grid.tolist()]
+            resized = [nn.functional.interpolate(f[None], size=s, mode="bilinear")[0] for f, s in zip(frames, size)]
+            return {"geometry_frames": torch.stack(resized)}
+        entries = []
+        for s in samples:
+            if s.depth is None or s.intrinsics is None:
+                raise ValueError(f"geometry=depth needs Sample.depth and Sample.intrinsics; sample {s.id} has none")
+            maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
+            entries.extend([maps] if video else [[m] for m in maps])
+        rows = geometry_patches(entries, grid, ip.patch_size, ip.merge_size, ip.temporal_patch_size)
+        return {"geometry_values": rows}
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ forward pieces
+    def positions(self, input_ids: Tensor, mm_token_type_ids: Tensor, attention_mask: Tensor,
+                  batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """mrope positions ``(3, B, L)`` and ``rope_deltas`` ``(B, 1)`` from the model's own ``get_rope_index``."""
+        kw = {
+            k: batch[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if batch.get(k) is not None
+        }
+        return self.core.get_rope_index(
+            input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **kw
+        )
+
+    def encode_visual(self, batch: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+        """Per-entry visual embeddings ``{"image"|"video": [(tokens_i, D), ...]}`` (+ the geometry prior)."""
+        out: dict[str, list[Tensor]] = {}
+        for kind, pix, grid in (
+            ("image", "pixel_values", "image_grid_thw"),
+            ("video", "pixel_values_videos", "video_grid_thw"),
+        ):
+            if batch.get(pix) is None:
+                continue
+            get = self.core.get_image_features if kind == "image" else self.core.get_video_features
+            feats = list(get(batch[pix], batch[grid], return_dict=True).pooler_output)
+            if self.geometry is not None:
+                geo_in = {k: batch[k] for k in ("geometry_values", "geometry_frames") if k in batch}
+                add = self.geometry(grid_thw=batch[grid], **geo_in).to(feats[0].dtype)  # (sum tokens_i, D)
+                feats = list(torch.cat(feats).add(add).split([len(f) for f in feats]))
+            out[kind] = feats
+        return out
+
+    @staticmethod
+    def encoder_outputs(feats: dict[str, list[Tensor]]) -> dict[str, BaseModelOutputWithPooling]:
+        return {k: BaseModelOutputWithPooling(pooler_output=tuple(v)) for k, v in feats.items()}
+
+    def visual_kwargs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """What HF's forward takes for the frames: raw pixels (plain model) or precomputed features (prior)."""
+        if self.geometry is None:
+            keys = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw")
+            return {k: batch[k] for k in keys if batch.get(k) is not None}
+        return {"mm_encoder_outputs": self.encoder_outputs(self.encode_visual(batch))}
+
+    def forward(self, batch: dict[str, Tensor]) -> Any:
+        """HF output with ``logits`` ``(B, L, V)`` (and ``loss`` when ``batch`` has ``labels``)."""
+        batch = self.to_device(batch)
+        pos, _ = self.positions(batch["input_ids"], batch["mm_token_type_ids"], batch["attention_mask"], batch)
+        return self.hf_model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=pos,
+            labels=batch.get("labels"),
+            use_cache=False,
+            **self.visual_kwargs(batch),
+        )
+
+    # ------------------------------------------------------------------ generation (lit3drft.models.generation)
+    def generate(self, samples: list[Sample], max_new_tokens: int = 256, greedy: bool = True) -> list[str]:
+        """Greedy (or temperature-1 sampled) completions, one per sample, for validation and test."""
+        from lit3drft.models.generation import generate_texts
+
+        return generate_texts(self, samples, max_new_tokens, greedy)
+
+    def generate_group(self, samples: list[Sample] | dict[str, Tensor], num_generations: int = 8,
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+                       max_new_tokens: int = 256) -> Any:  # fmt: skip
+        """G sampled completions per prompt; returns a ``Rollout`` (see ``lit3drft.models.generation``)."""
+        from lit3drft.models.generation import generate_group
+
+        return generate_group(self, samples, num_generations, temperature, top_p, top_k, max_new_tokens)
+
+    def sequence_logprobs(self, rollout: Any, rows: list[int] | Tensor | None = None,
+                          temperature: float | None = None, chunk_size: int = 64) -> Tensor:  # fmt: skip
+        """Per-token log-probs ``(len(rows), T)`` of the rollout's completions (0 where masked)."""
+        from lit3drft.models.generation import sequence_logprobs
+
+        return sequence_logprobs(self, rollout, rows, temperature, chunk_size)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, path: str) -> None:
+        """Adapter (LoRA) or full weights, the processor and the geometry prior into ``path``."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        if self.geometry is not None:
+            torch.save(self.geometry.state_dict(), f"{path}/geometry_prior.pt")
+
+    def load_adapter(self, path: str) -> None:
+        """Load LoRA weights saved by ``save_pretrained`` into the active adapter (and the geometry prior)."""
+        from pathlib import Path
+
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(Path(path) / "adapter_model.safetensors")))
+        if self.geometry is not None and (Path(path) / "geometry_prior.pt").exists():
+            self.geometry.load_state_dict(torch.load(Path(path) / "geometry_prior.pt", map_location="cpu"))

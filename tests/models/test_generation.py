@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit3drft.models.generation import filter_logits
+
+
+def greedy_without_cache(policy, samples, max_new_tokens):
+    """Independent greedy decoder: one full forward over the whole sequence per token, no KV cache."""
+    batch = policy.collate(samples)
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
+    stop = set(policy.stop_token_ids)
+    out, done = [[] for _ in samples], [False] * len(samples)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = policy({**batch, "input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types}).logits
+            logits = logits[:, -1].float()
+            logits[:, policy.suppressed_token_ids] = float("-inf")
+            tok = logits.argmax(-1)
+            for i, t in enumerate(tok.tolist()):
+                if not done[i]:
+                    out[i].append(t)
+                    done[i] = t in stop
+            if all(done):
+                break
+            ids = torch.cat([ids, tok[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            types = torch.cat([types, torch.zeros_like(types[:, :1])], 1)
+    return [policy.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+
+
+def test_greedy_kv_cache_equals_no_cache(lora_policy, samples, perturb_lora):
+    perturb_lora(lora_policy, seed=1)
+    try:
+        cached = lora_policy.generate(samples, max_new_tokens=12)
+        assert cached == greedy_without_cache(lora_policy, samples, 12)
+        assert all(len(t) > 0 for t in cached)
+    finally:
+        perturb_lora(lora_policy, scale=0.0)
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, None, 1.0), (0.7, 20, 0.9)])
+def test_generation_logprobs_equal_sequence_logprobs(lora_policy, samples, temperature, top_k, top_p):
+    torch.manual_seed(0)
+    G = 3
+    r = lora_policy.generate_group(samples, num_generations=G, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   max_new_tokens=10)  # fmt: skip
+    n, T = r.completion_ids.shape
+    assert n == len(samples) * G and r.logprobs.shape == (n, T) and r.completion_mask.shape == (n, T)
+    assert r.group.tolist() == [i // G for i in range(n)]
+    with torch.no_grad():
+        full = lora_policy.sequence_logprobs(r)
+        sub = lora_policy.sequence_logprobs(r, rows=[4, 0, 5])  # a micro-batch in any order
+    m = r.completion_mask.bool()
+    assert (full - r.logprobs)[m].abs().max() < 1e-4
+    assert (full[~m] == 0).all() and (r.logprobs[~m] == 0).all()
+    assert torch.allclose(sub, full[[4, 0, 5]], atol=1e-5)
+
+
+def test_rollout_stops_and_masks(lora_policy, samples):
+    """With <|im_end|> made likely (about 1/8 per step), some rows stop early and some are truncated."""
+    end = lora_policy.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def boost(module, inputs, out):
+        out = out.clone()
+        out[..., end] = out.logsumexp(-1) - 2.0
+        return out
+
+    handle = lora_policy.hf_model.lm_head.register_forward_hook(boost)
+    torch.manual_seed(1)
+    try:
+        r = lora_policy.generate_group(samples, num_generations=4, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert r.truncated.any() and not r.truncated.all()
+    stop = torch.tensor(lora_policy.stop_token_ids)
+    for ids, mask, trunc in zip(r.completion_ids, r.completion_mask, r.truncated):
+        length = int(mask.sum())
+        assert mask[:length].all() and not mask[length:].any()  # contiguous from the start
+        ended = bool(torch.isin(ids[length - 1], stop))
+        assert ended != bool(trunc)
+        assert not torch.isin(ids[:length], torch.tensor(lora_policy.suppressed_token_ids)).any()
+        assert (ids[length:] == lora_policy.pad_token_id).all()
+
+
+def test_frames_encoded_once_per_prompt(lora_policy, samples):
+    calls = []
+    visual = lora_policy.core.visual
+    handle = visual.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    try:
+        G = 4
+        r = lora_policy.generate_group(samples, num_generations=G, max_new_tokens=4)
+        n_patches = lora_policy.collate(samples)["pixel_values"].shape[0]
+        assert calls == [n_patches]  # one vision pass over B prompts, not B*G
+        calls.clear()
+        lora_policy.sequence_logprobs(r, rows=list(range(2 * G)))
+        assert calls == [n_patches]
+    finally:
+        handle.remove()
+
+
+def test_vision_tokens_are_suppressed(lora_policy, samples):
+    """Make the image pad token overwhelmingly likely: it must still never be sampled."""
+    lm_head = lora_policy.hf_model.lm_head
+    image_id = lora_policy.hf_model.config.image_token_id
+    handle = lm_head.register_forward_hook(lambda m, i, o: o.index_fill(-1, torch.tensor([image_id]), 1e4))
+    try:
+        r = lora_policy.generate_group(samples[:1], num_generations=2, max_new_tokens=3)
+    finally:
+        handle.remove()
+    assert not (r.completion_ids == image_id).any()
+
+
+def test_sequence_logprobs_backward_reaches_lora(lora_policy, samples):
+    r = lora_policy.generate_group(samples, num_generations=2, max_new_tokens=5)
+    lora_policy.zero_grad()
+    lp = lora_policy.sequence_logprobs(r, rows=[0, 3], chunk_size=2)
+    (lp.sum()).backward()
+    grads = [p.grad for n, p in lora_policy.named_parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    lora_policy.zero_grad()
+
+
+def test_filter_logits_against_brute_force():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    for top_p in (0.3, 0.8):
+        kept = filter_logits(logits, None, top_p) > float("-inf")
+        for row, keep in zip(logits, kept):
+            probs, order = row.softmax(-1).sort(descending=True)
+            n = int((probs.cumsum(0) < top_p).sum()) + 1  # smallest prefix with mass >= top_p
+            assert set(order[:n].tolist()) == set(keep.nonzero().flatten().tolist())
+    kept = filter_logits(logits, 5, 1.0) > float("-inf")
+    assert (kept.sum(-1) == 5).all() and torch.equal(
+        kept, torch.zeros_like(kept).scatter(1, logits.topk(5).indices, True)
+    )
+
+
+def test_raw_pixel_path_matches_feature_reuse(lora_policy, samples, monkeypatch):
+    """The per-row raw-pixel path (used for Qwen3-VL) gives the same log-probs as reusing per-prompt features."""
+    torch.manual_seed(2)
+    r = lora_policy.generate_group(samples, num_generations=2, max_new_tokens=5)
+    with torch.no_grad():
+        reused = lora_policy.sequence_logprobs(r, rows=[3, 0])
+        monkeypatch.setattr(type(lora_policy), "reuses_visual_features", property(lambda self: False))
+        raw = lora_policy.sequence_logprobs(r, rows=[3, 0])
+    assert torch.allclose(reused, raw, atol=1e-5)

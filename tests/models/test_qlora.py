@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit3drft.models import build_policy
+
+
+def test_qlora_forward_and_backward_on_cpu(make_cfg, samples):
+    try:
+        import bitsandbytes as bnb  # noqa: F401
+
+        policy = build_policy(make_cfg(finetune="qlora"))
+    except Exception as e:  # bitsandbytes without a usable backend on this machine
+        pytest.skip(f"bitsandbytes 4-bit unavailable here: {type(e).__name__}: {e}")
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for n, m in policy.named_modules() if ".visual." in n)
+    out = policy(policy.collate(samples, with_answer=True))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for n, p in policy.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    with torch.no_grad(), policy.reference():
+        assert torch.isfinite(policy(policy.collate(samples)).logits).all()
+
+
+def test_qlora_snapshot_reference_refuses_to_merge(make_cfg):
+    try:
+        policy = build_policy(make_cfg(finetune="qlora"))
+    except Exception as e:
+        pytest.skip(f"bitsandbytes 4-bit unavailable here: {type(e).__name__}: {e}")
+    with pytest.raises(NotImplementedError, match="QLoRA"):
+        policy.snapshot_reference()
