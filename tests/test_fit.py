@@ -1,0 +1,102 @@
+"""Whole runs on the tiny benchmark and model: run directory, metrics, re-run, resume, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit3drft import evaluate, fit
+from lit3drft.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(run_overrides: list[str], tmp_path: Path, *extra: str):
+    return load_config(ROOT / "experiments" / "sft_tiny.yaml", [*run_overrides, f"output_dir={tmp_path}", *extra])
+
+
+def test_five_step_sft_writes_the_run_directory(run_overrides, tmp_path) -> None:
+    cfg = _cfg(run_overrides, tmp_path, "stages=[{kind: sft, max_steps: 5, lr: 1.0e-3}]")
+    payload = fit.fit(cfg)
+    run = tmp_path / "sft_tiny" / "run"
+    for name in ("config.yaml", "metrics.json", "predictions.jsonl", "stages/0-sft/trainable.pt"):
+        assert (run / name).exists(), name
+    assert list((run / "tb" / "0-sft").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == payload
+    assert {"test/format_rate", "val/format_rate"} <= set(metrics["metrics"])
+    assert metrics["wall_time_s"] > 0 and metrics["commit"] and metrics["device"]
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert rows and {"id", "completion", "parsed", "reward", "components"} <= set(rows[0])
+    ckpt = torch.load(run / "stages" / "0-sft" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 5
+    # checkpoints keep trainable weights only, and every trainable weight is there
+    trainable = {n for n, p in fit.build_policy(cfg.model).named_parameters() if p.requires_grad}
+    assert {k.removeprefix("policy.") for k in ckpt["state_dict"]} == trainable
+
+    # a finished run is not re-run
+    mtime = (run / "metrics.json").stat().st_mtime_ns
+    assert fit.fit(cfg) == payload
+    assert (run / "metrics.json").stat().st_mtime_ns == mtime
+
+    # evaluate reproduces the test metrics of the run from its directory
+    assert evaluate.main([str(run), *run_overrides]) == 0
+    again = json.loads((run / "eval-test" / "metrics.json").read_text())["metrics"]
+    for key, value in metrics["metrics"].items():
+        if key.startswith("test/"):
+            assert again[key] == pytest.approx(value, abs=1e-6), key
+
+
+class _Crash(L.Callback):
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 3:
+            raise RuntimeError("simulated crash after step 3")
+
+
+def test_resume_continues_at_the_last_checkpoint(run_overrides, tmp_path, monkeypatch) -> None:
+    cfg = _cfg(run_overrides, tmp_path, "stages=[{kind: sft, max_steps: 4}]", "trainer.checkpoint_every_n_steps=2")
+    build = fit.build_trainer
+
+    def crashing(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.append(_Crash())
+        return trainer
+
+    monkeypatch.setattr(fit, "build_trainer", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit.fit(cfg)
+    run = tmp_path / "sft_tiny" / "run"
+    last = run / "stages" / "0-sft" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    assert not (run / "metrics.json").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        fit.fit(cfg)  # an unfinished run is never silently restarted
+    monkeypatch.setattr(fit, "build_trainer", build)
+
+    seen: list[int] = []
+
+    class _Steps(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            seen.append(trainer.global_step)
+
+    def recording(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.append(_Steps())
+        return trainer
+
+    monkeypatch.setattr(fit, "build_trainer", recording)
+    fit.fit(cfg, resume=True)
+    assert seen == [2, 3]  # continued from step 2, not from 0
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert (run / "metrics.json").exists()
+
+
+def test_bad_key_on_the_command_line_is_named(capsys) -> None:
+    code = fit.main([str(ROOT / "experiments" / "sft_tiny.yaml"), "grpo.betta=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "grpo.betta" in err and "beta" in err
