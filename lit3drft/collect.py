@@ -62,7 +62,11 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         stats = agg.agg(["mean", "std", "count"])
         stats.columns = [f"{m} {'n' if s == 'count' else s}" for m, s in stats.columns]
         return stats.reset_index()
-    row = {f"{m} {s}": v for m in metrics for s, v in (("mean", runs[m].mean()), ("std", runs[m].std()), ("n", runs[m].count()))}
+    row = {
+        f"{m} {s}": v
+        for m in metrics
+        for s, v in (("mean", runs[m].mean()), ("std", runs[m].std()), ("n", runs[m].count()))
+    }
     return pd.DataFrame([row])
 
 

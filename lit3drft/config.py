@@ -245,7 +245,9 @@ def _validate(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         choices = _literal_choices(hints[f.name])
         if choices is not None and value not in choices and not (value is None and _is_optional(hints[f.name])):
-            raise ConfigError(f"bad value {value!r} for '{prefix}{f.name}'; valid choices: {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"bad value {value!r} for '{prefix}{f.name}'; valid choices: {', '.join(map(str, choices))}"
+            )
         _validate(value, f"{prefix}{f.name}.")
 
 
@@ -270,7 +272,6 @@ def _is_optional(tp: Any) -> bool:
 def run_dir_of(cfg: RunConfig) -> Path:
     """``<output_dir>/<experiment>/<run_name or "run">``: where a run writes everything."""
     return Path(cfg.output_dir) / cfg.experiment / (cfg.run_name or "run")
-
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -173,7 +173,9 @@ def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> Poli
             continue
         last = stage_dir / "checkpoints" / "last.ckpt"
         ckpt = str(last) if resume and last.exists() else None
-        print(f"[lit3drft] stage {name}: {stage.kind}, {stage.max_steps} steps" + (f", resuming {last}" if ckpt else ""))
+        print(
+            f"[lit3drft] stage {name}: {stage.kind}, {stage.max_steps} steps" + (f", resuming {last}" if ckpt else "")
+        )
         trainer = build_trainer(cfg, run_dir, name, stage)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if trainer.is_global_zero:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of
 
 SCALES = ("smoke", "small", "full")
@@ -265,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     experiment = load_config(args.config).experiment
-    print(f"[sweep] {len(rows)} runs in {args.results_dir}/{experiment}/runs.csv; tables: python -m lit3drft.collect {experiment}")
+    print(
+        f"[sweep] {len(rows)} runs in {args.results_dir}/{experiment}/runs.csv; tables: python -m lit3drft.collect {experiment}"
+    )
     return 0
 
 

@@ -11,8 +11,10 @@ from lit3drft.config import ConfigError, load_config
 from lit3drft.sweep import append_row, expand_grid, point_overrides, read_rows, run_name, scale_overrides, select_points
 
 SWEEP = {
-    "strategy": {"sft": {"stages": [{"kind": "sft", "max_steps": 6}]},
-                 "sft_rl": {"stages": [{"kind": "sft", "max_steps": 4}, {"kind": "grpo", "max_steps": 2}]}},
+    "strategy": {
+        "sft": {"stages": [{"kind": "sft", "max_steps": 6}]},
+        "sft_rl": {"stages": [{"kind": "sft", "max_steps": 4}, {"kind": "grpo", "max_steps": 2}]},
+    },
     "grpo.beta": [0.0, 0.04],
     "seed": [0, 1, 2],
 }

@@ -307,31 +307,155 @@ def _parallel_faces(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, tol: Tensor):
     return keep_a, keep_b, touching, par
 
 
-def _overlap_frames(ca, ra, ha, cb, rb, hb) -> Tensor:
-    """Exact intersection volumes of paired boxes given as centre, axes (columns) and half sizes (float64)."""
+def _face_lines(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, par: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The other box's 6 planes restricted to each of A's 6 faces, as normalised 2-D half-planes (float64).
+
+    Face ``(k, s)`` (``k = 0, 0, 1, 1, 2, 2``, ``s = +, -``) has coordinates ``(x_i, x_j)``, ``i = k+1, j = k+2``.
+    B's slab ``l`` there reads ``|alpha x_i + beta x_j + gamma| <= g_l``; divided by ``rho = hypot(alpha, beta)``
+    it gives the half-planes ``nx x + ny y <= off`` ordered ``(l, +), (l, -)``. Slabs parallel to the face
+    (``par``) become ``0 <= 1`` (always inside): the caller decides those faces all-or-nothing.
+
+    Returns ``nx, ny, off``, each ``(P, 6, 6)``.
+    """
+    ks = [0, 0, 1, 1, 2, 2]
+    ii, jj = [1, 1, 2, 2, 0, 0], [2, 2, 0, 0, 1, 1]
+    sg = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=h.dtype)
+    cen = (rot * t[:, :, None]).sum(1)  # (P, 3): B's centre along its own axes
+    alpha, beta = rot[:, ii, :], rot[:, jj, :]  # (P, 6, 3)
+    gamma = sg[None, :, None] * h[:, ks, None] * rot[:, ks, :] - cen[:, None, :]
+    off = par[:, ks, :]
+    rho = torch.where(off, torch.ones_like(alpha), torch.hypot(alpha, beta))
+    nx, ny = alpha / rho, beta / rho
+    hi, lo = (g[:, None, :] - gamma) / rho, (g[:, None, :] + gamma) / rho  # nx x + ny y <= hi, -(..) <= lo
+    nx = torch.stack([nx, -nx], -1).flatten(2)
+    ny = torch.stack([ny, -ny], -1).flatten(2)
+    o = torch.stack([hi, lo], -1).flatten(2)
+    off2 = off.repeat_interleave(2, 2)
+    zero = torch.zeros_like(nx)
+    return nx.where(~off2, zero), ny.where(~off2, zero), o.where(~off2, torch.ones_like(o))
+
+
+_CLIP_TABLES: dict[int, Tensor] = {}
+
+
+def _clip_table(k: int) -> Tensor:
+    """What one Sutherland-Hodgman step does to a ``k``-gon, for each of the ``2**k`` inside/outside patterns.
+
+    Row ``code`` (bit ``i`` set: vertex ``i`` inside) holds ``k + 1`` output slots, 4 edge ends and a flag.
+    A convex polygon keeps one cyclic run of ``m`` vertices ``n+1 .. n+m`` (``n``: the edge where the
+    boundary enters the half-plane, ``e = n+m``: the one where it leaves) and gains the two cuts, stored as
+    candidates ``k`` (entry) and ``k + 1`` (exit): slots ``[k, n+1 .. n+m, k+1, k, k, ...]`` (repeats of
+    slot 0 close the polygon). Ends ``[n, n+1, e, e+1]`` locate the cuts. Patterns that are not one cyclic
+    run (only rounding makes them) are flagged.
+    """
+    if k not in _CLIP_TABLES:
+        rows = []
+        for code in range(2**k):
+            inside = [(code >> i) & 1 for i in range(k)]
+            m = sum(inside)
+            entries = [i for i in range(k) if not inside[i] and inside[(i + 1) % k]]
+            if m == k:
+                rows.append([*range(k), 0, 0, 0, 0, 0, 0])
+            elif m == 0 or len(entries) != 1:
+                rows.append([0] * (k + 5) + [int(m > 0)])
+            else:
+                n = entries[0]
+                e = (n + m) % k
+                slots = [k, *[(n + j) % k for j in range(1, m + 1)], k + 1] + [k] * (k - m - 1)
+                rows.append([*slots, n, (n + 1) % k, e, (e + 1) % k, 0])
+        _CLIP_TABLES[k] = torch.tensor(rows, dtype=torch.int64)
+    return _CLIP_TABLES[k]
+
+
+def _clip_polygons(rect: Tensor, nx: Tensor, ny: Tensor, off: Tensor) -> tuple[Tensor, Tensor]:
+    """Sutherland-Hodgman: rectangles ``[-u, u] x [-v, v]`` clipped by half-planes ``nx x + ny y <= off``.
+
+    Static shapes: a convex polygon cut by a line gains at most one vertex, so after ``i`` lines it has
+    ``4 + i`` slots ``(2, F, 4 + i)`` (unused ones repeat a vertex). Each step is a lookup of the
+    inside/outside pattern in ``_clip_table`` and two gathers: no cumsum, no scatter, no data-dependent shape.
+
+    Args:
+        rect: ``(F, 2)`` half sizes ``(u, v)``. nx, ny, off: ``(F, L)``.
+
+    Returns:
+        ``(area (F,), bad (F,))``: ``bad`` flags sign patterns that rounding made non-convex, which the caller
+        recomputes another way.
+    """
+    u, v = rect[:, 0:1], rect[:, 1:2]
+    poly = torch.stack([torch.cat([u, -u, -u, u], 1), torch.cat([v, v, -v, -v], 1)])  # counter-clockwise
+    bad = torch.zeros(rect.shape[0], dtype=torch.bool)
+    for line in range(nx.shape[1]):
+        k = poly.shape[2]
+        d = poly[0] * nx[:, line, None] + poly[1] * ny[:, line, None] - off[:, line, None]  # (F, K)
+        code = ((d <= 0).to(poly.dtype) @ (2.0 ** torch.arange(k, dtype=poly.dtype))).long()
+        row = _clip_table(k)[code]  # (F, K + 6)
+        ends = row[:, k + 1 : k + 5]
+        de = d.gather(1, ends)
+        pe = poly.gather(2, ends.expand(2, -1, -1))
+        w = (de[:, 0::2] / (de[:, 0::2] - de[:, 1::2])).nan_to_num(0.0, 0.0, 0.0)  # 0 where nothing is cut
+        cand = torch.cat([poly, torch.lerp(pe[:, :, 0::2], pe[:, :, 1::2], w)], 2)  # (2, F, K + 2)
+        poly = cand.gather(2, row[:, : k + 1].expand(2, -1, -1))
+        bad |= row[:, -1].bool()
+    x, y = poly[0], poly[1]
+    area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1)
+    return area, bad
+
+
+def _overlap_frames(ca, ra, ha, cb, rb, hb, clip_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Exact intersection volumes of paired boxes given as centre, axes (columns) and half sizes (float64).
+
+    The set-up (relative pose, parallel and coplanar faces, the 2-D lines on each face) is float64; the
+    clipping runs in ``clip_dtype`` (float32 for float32 inputs: its vertices are convex combinations, so
+    the areas carry only float32 rounding).
+    """
     rot = ra.transpose(1, 2) @ rb  # B's axes in A's frame
     t = ((cb - ca)[:, None, :] @ ra)[:, 0]  # B's centre in A's frame
     tol = _TOL_DIST * (ha.norm(dim=1) + hb.norm(dim=1))
     vol = torch.zeros(ca.shape[0], dtype=ca.dtype)
     idx = _sat_overlap(ha, hb, rot, t, tol).nonzero()[:, 0]
-    for chunk in idx.split(_CHUNK):
-        h, g, r, tt, tl = ha[chunk], hb[chunk], rot[chunk], t[chunk], tol[chunk]
-        keep_a, keep_b, touching, par = _parallel_faces(h, g, r, tt, tl)
-        area_a = _face_areas(h, g, r, tt, par, tl) * keep_a
-        rt = r.transpose(1, 2)
-        tb = -(tt[:, None, :] @ r)[:, 0]  # A's centre in B's frame
-        area_b = _face_areas(g, h, rt, tb, par.transpose(1, 2), tl) * keep_b
-        # divergence theorem, origin at A's centre: B's face (l, s) is at distance g_l + s * (t . b_l)
-        cen = (r * tt[:, :, None]).sum(1)
-        v = (h.repeat_interleave(2, 1) * area_a).sum(1) + (g.repeat_interleave(2, 1) * area_b).sum(1)
-        v = v + (cen * (area_b[:, 0::2] - area_b[:, 1::2])).sum(1)
-        v = (v / 3).clamp(min=0)
-        v = torch.minimum(v, 8 * torch.minimum(h.prod(1), g.prod(1)))
-        vol[chunk] = torch.where(touching, torch.zeros_like(v), v)
+    if idx.numel() == 0:
+        return vol
+    h, g, r, tt, tl = ha[idx], hb[idx], rot[idx], t[idx], tol[idx]
+    p = h.shape[0]
+    keep_a, keep_b, touching, par = _parallel_faces(h, g, r, tt, tl)
+    rt = r.transpose(1, 2)
+    tb = -(tt[:, None, :] @ r)[:, 0]  # A's centre in B's frame
+    lines = [
+        torch.cat(x, 1) for x in zip(_face_lines(h, g, r, tt, par), _face_lines(g, h, rt, tb, par.transpose(1, 2)))
+    ]
+    ii, jj = [1, 1, 2, 2, 0, 0], [2, 2, 0, 0, 1, 1]
+    rect = torch.stack([torch.cat([h[:, ii], g[:, ii]], 1), torch.cat([h[:, jj], g[:, jj]], 1)], -1)
+    faces = [x.flatten(0, 1).to(clip_dtype) for x in (rect, *lines)]  # 12 faces per pair
+    area = torch.empty(p * 12, dtype=clip_dtype)
+    bad = torch.empty(p * 12, dtype=torch.bool)
+    for start in range(0, p * 12, 12 * _CHUNK):
+        part = slice(start, start + 12 * _CHUNK)
+        area[part], bad[part] = _clip_polygons(*[x[part] for x in faces])
+    area, bad = area.view(p, 12).double(), bad.view(p, 12).any(1)
+    if bad.any():  # rounding gave a non-convex inside/outside pattern: the line-clipping formula instead
+        o = bad.nonzero()[:, 0]
+        area[o] = _areas_by_lines(h[o], g[o], r[o], tt[o], par[o], tl[o])
+    area_a, area_b = area[:, :6] * keep_a, area[:, 6:] * keep_b
+    # divergence theorem, origin at A's centre: B's face (l, s) is at distance g_l + s * (t . b_l)
+    cen = (r * tt[:, :, None]).sum(1)
+    v = (h.repeat_interleave(2, 1) * area_a).sum(1) + (g.repeat_interleave(2, 1) * area_b).sum(1)
+    v = v + (cen * (area_b[:, 0::2] - area_b[:, 1::2])).sum(1)
+    v = (v / 3).clamp(min=0)
+    v = torch.minimum(v, 8 * torch.minimum(h.prod(1), g.prod(1)))
+    vol[idx] = torch.where(touching, torch.zeros_like(v), v)
     return vol
 
 
-def _pairwise(a: tuple[Tensor, ...], b: tuple[Tensor, ...], paired: bool) -> Tensor:
+def _areas_by_lines(h: Tensor, g: Tensor, r: Tensor, tt: Tensor, par: Tensor, tl: Tensor) -> Tensor:
+    """``(P, 12)`` face areas (A's 6, then B's 6) by ``_face_areas``: the fallback of the clipping."""
+    rt = r.transpose(1, 2)
+    tb = -(tt[:, None, :] @ r)[:, 0]
+    return torch.cat([_face_areas(h, g, r, tt, par, tl), _face_areas(g, h, rt, tb, par.transpose(1, 2), tl)], 1)
+
+
+def _pairwise(
+    a: tuple[Tensor, ...], b: tuple[Tensor, ...], paired: bool, clip_dtype: torch.dtype = torch.float64
+) -> tuple[Tensor, Tensor]:
     """Volumes (and IoU) of all pairs (N, M), or of paired boxes (N,) when ``paired``."""
     n, m = a[0].shape[0], b[0].shape[0]
     if paired:
@@ -343,7 +467,7 @@ def _pairwise(a: tuple[Tensor, ...], b: tuple[Tensor, ...], paired: bool) -> Ten
     sel = ok.nonzero()[:, 0]
     if sel.numel():
         fa, fb = [x[ia[sel]] for x in a[:3]], [x[ib[sel]] for x in b[:3]]
-        vol[sel] = _overlap_frames(*fa, *fb)
+        vol[sel] = _overlap_frames(*fa, *fb, clip_dtype=clip_dtype)
     va, vb = 8 * a[2].prod(1)[ia], 8 * b[2].prod(1)[ib]
     union = va + vb - vol
     iou = torch.where(ok & (union > 0), vol / union.where(union > 0, torch.ones_like(union)), torch.zeros_like(vol))
@@ -385,8 +509,13 @@ def box3d_overlap(corners1: Tensor, corners2: Tensor, paired: bool = False) -> t
     dtype = corners1.dtype if corners1.is_floating_point() else torch.float32
     device = corners1.device
     a, b = _frames_from_corners(corners1.cpu()), _frames_from_corners(corners2.cpu())
-    vol, iou = _pairwise(a, b, paired)
+    vol, iou = _pairwise(a, b, paired, _clip_dtype(dtype))
     return vol.to(device=device, dtype=dtype), iou.to(device=device, dtype=dtype)
+
+
+def _clip_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 inputs are clipped in float64; anything coarser in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _frames_from_params(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -408,5 +537,5 @@ def box3d_iou(boxes1: Tensor, boxes2: Tensor, paired: bool = False) -> Tensor:
     b1, b2 = boxes1.reshape(-1, boxes1.shape[-1]), boxes2.reshape(-1, boxes2.shape[-1])
     if paired and b1.shape[0] != b2.shape[0]:
         raise ValueError(f"paired=True needs as many boxes on both sides, got {b1.shape[0]} and {b2.shape[0]}")
-    _, iou = _pairwise(_frames_from_params(b1), _frames_from_params(b2), paired)
+    _, iou = _pairwise(_frames_from_params(b1), _frames_from_params(b2), paired, _clip_dtype(dtype))
     return iou.to(device=boxes1.device, dtype=dtype)
