@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -210,7 +211,9 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if metrics_file.exists() and not force:
         print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
         return json.loads(metrics_file.read_text())
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or force):
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise SystemExit(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", help="experiment YAML (omit with --help-config)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. grpo.beta=0.04")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    parser.add_argument("--force", action="store_true", help="re-run even if the run directory is finished")
+    parser.add_argument("--force", action="store_true", help="delete the run directory and run from scratch")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)  # one grid point (lit3drft.sweep)
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")

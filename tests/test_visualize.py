@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from lit3drft.visualize import main
-from tests.data.conftest import TINY  # noqa: F401  (the bench fixture lives in tests/data)
+from tests.conftest import TINY
 
 
 def test_grid_with_ground_truth_and_predictions(tmp_path):

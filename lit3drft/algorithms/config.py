@@ -11,7 +11,7 @@ from typing import Literal
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
-DynamicSampling = Literal["off", "skip", "resample"]
+DynamicSampling = Literal["off", "skip"]
 
 
 @dataclass
@@ -51,7 +51,7 @@ class GRPOConfig:
     """Drop completions that hit max_new_tokens without EOS from the loss (DAPO overlong filtering)."""
     dynamic_sampling: DynamicSampling = "off"
     """Groups whose rewards have zero variance carry no signal: `off` keeps them (advantage 0), `skip` drops them
-    from the update, `resample` draws new prompts to refill the batch (DAPO). The fraction is logged either way."""
+    from the update (DAPO's dynamic sampling without refilling the batch). The fraction is logged either way."""
     micro_batch_size: int = 4
     """Completions per forward/backward chunk ("loss backward chunking"): memory independent of B*G."""
 

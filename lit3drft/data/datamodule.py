@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,21 @@ class LitDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         root = Path(self.cfg.root)
-        if self.cfg.generate and not (root / "manifest.json").exists():
+        manifest = root / "manifest.json"
+        if not self.cfg.generate:
+            return
+        if not manifest.exists():
             log.info("generating the embedded benchmark under %s", root)
             generate(self.cfg.synth, root)
+            return
+        stored = json.loads(manifest.read_text()).get("config", {})
+        wanted = json.loads(json.dumps(asdict(self.cfg.synth)))
+        changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
+        if changed:  # never train on a benchmark other than the one the config describes
+            raise ValueError(
+                f"{manifest} was generated with other data.synth settings ({', '.join(changed)}); "
+                f"point data.root at a new directory, delete {root}, or set data.generate=false to use it as is"
+            )
 
     @property
     def sources(self) -> dict[str, SourceConfig]:

@@ -68,7 +68,7 @@ class GRPOModule(PolicyModule):
             mask = mask * (~rollout.truncated).float().unsqueeze(1)
         zero_std = zero_variance_groups(total, G)  # (B,)
         keep = torch.ones_like(total, dtype=torch.bool)
-        if cfg.dynamic_sampling != "off":  # "resample" is handled as "skip" inside one step (see README)
+        if cfg.dynamic_sampling == "skip":
             keep = (~zero_std).repeat_interleave(G)
         rows = keep.nonzero().flatten().tolist()
 

@@ -4,15 +4,19 @@ Boxes are ``[x, y, z, x_size, y_size, z_size, yaw, roll, pitch]`` with R = Rz(ya
 (intrinsic ZXY, pytorch3d's ``euler_angles_to_matrix(angles, "ZXY")``); 7 numbers = yaw only, 6 = axis
 aligned. Corners follow pytorch3d's order (0-3 one face cyclic, 4-7 the opposite face, i+4 next to i).
 
-The overlap is exact (up to float64 rounding). The intersection P = A ∩ B of two boxes is bounded by
-pieces of the 12 face planes, so by the divergence theorem ``vol(P) = 1/3 Σ_f d_f · area(P ∩ plane f)``,
-with ``d_f`` the plane's distance from a common origin. Each face's area is a 2-D problem: the face
-rectangle cut by the other box's three slabs. Its area is ``1/2 Σ_lines offset · length`` over the
-(at most 10) boundary lines, each clipped to the other half-planes; no vertex lists, no sort, so the whole
-thing is a handful of batched tensor ops (see ``_face_areas``). Degenerate configurations are decided once
-and symmetrically: faces that lie in the same plane (within ``1e-9`` of the pair's scale) are counted once,
-touching boxes are separated, and coincident 2-D lines are kept once by a fixed priority. Pairs that cannot
-overlap are rejected first by the separating-axis test (15 axes).
+The overlap is exact (up to rounding). The intersection P = A ∩ B of two boxes is bounded by pieces of the
+12 face planes, so by the divergence theorem ``vol(P) = 1/3 Σ_f d_f · area(P ∩ plane f)``, with ``d_f`` the
+plane's distance from a common origin. Each face's area is a 2-D problem: the face rectangle cut by the
+other box's three slabs, done by Sutherland-Hodgman with static shapes (one slab per step, 4 -> 6 -> 8 -> 10
+vertex slots, each step a table lookup of the vertices' inside/above/below pattern plus two gathers; see
+``_clip_polygons``), all 12 faces of a batch of pairs at once. The geometry (relative pose, the 2-D lines,
+which faces are parallel or coplanar) is set up in float64; float32 inputs are clipped in float32, whose
+vertices are convex combinations, so the areas carry float32 rounding only. Degenerate configurations are
+decided once and symmetrically: faces that lie in the same plane (within ``1e-9`` of the pair's scale) are
+counted once, touching boxes are separated. Pairs that cannot overlap are rejected first by the
+separating-axis test (15 axes). The earlier per-line formula (``_face_areas``: area as
+``1/2 Σ_lines offset · length``) is kept as the fallback for the (not yet observed) faces whose sign pattern
+rounding made non-convex.
 """
 
 from __future__ import annotations
@@ -31,10 +35,17 @@ _CORNER_SIGNS = (
     (1, 1, 1),
     (-1, 1, 1),
 )
+# corner weights of the mean x, y, z edge and of the centre (each edge averaged over its four copies)
+_EDGE_WEIGHTS = (
+    (-0.25, 0.25, 0.25, -0.25, -0.25, 0.25, 0.25, -0.25),
+    (-0.25, -0.25, 0.25, 0.25, -0.25, -0.25, 0.25, 0.25),
+    (-0.25, -0.25, -0.25, -0.25, 0.25, 0.25, 0.25, 0.25),
+    (0.125,) * 8,
+)
 _TOL_PAR = 1e-9  # sin(angle) under which two planes / lines count as parallel
 _TOL_DIST = 1e-9  # relative to the pair's scale: planes / lines closer than this coincide
 _BIG = 1e30  # stands for an unbounded line parameter (finite so that 0 * big stays 0)
-_CHUNK = 4096  # pairs per batch of the exact stage (keeps temporaries in cache)
+_CHUNK = 1024  # pairs per batch of the exact stage (keeps temporaries in cache)
 
 
 def euler_to_matrix(angles: Tensor) -> Tensor:
@@ -155,9 +166,9 @@ def _frames_from_corners(corners: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     float32 corners of a rotated box give the box they were made from to ~1e-7.
     """
     c = corners.double()
-    ex = (c[:, 1] - c[:, 0] + c[:, 2] - c[:, 3] + c[:, 5] - c[:, 4] + c[:, 6] - c[:, 7]) / 4
-    ey = (c[:, 3] - c[:, 0] + c[:, 2] - c[:, 1] + c[:, 7] - c[:, 4] + c[:, 6] - c[:, 5]) / 4
-    ez = (c[:, 4:] - c[:, :4]).mean(1)
+    w = torch.tensor(_EDGE_WEIGHTS, dtype=torch.float64)
+    sums = (w @ c.reshape(-1, 8, 3).transpose(0, 1).reshape(8, -1)).view(4, -1, 3)  # x, y, z edge, centre
+    ex, ey, ez, centre = sums.unbind(0)
     sx, sz = ex.norm(dim=-1), ez.norm(dim=-1)
     x = ex / sx.clamp_min(1e-300)[:, None]
     y = ey - (ey * x).sum(-1, keepdim=True) * x
@@ -165,7 +176,7 @@ def _frames_from_corners(corners: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     y = y / sy.clamp_min(1e-300)[:, None]
     z = torch.linalg.cross(x, y)
     half = torch.stack([sx, sy, sz], -1) / 2
-    return c.mean(1), torch.stack([x, y, z], -1), half, _valid(c, half)
+    return centre, torch.stack([x, y, z], -1), half, _valid(c, half)
 
 
 def _valid(points: Tensor, half: Tensor) -> Tensor:
@@ -272,18 +283,38 @@ def _face_areas(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, par: Tensor, tol: 
     return 0.5 * (o * length).sum(-1)
 
 
-def _parallel_faces(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, tol: Tensor):
-    """Which faces are cut away whole by a parallel slab of the other box, and which pairs touch.
+def _parallel_axes(rot: Tensor) -> Tensor:
+    """``(P, 3, 3)``: A's axis ``k`` parallel to B's axis ``l``.
 
-    Returns ``(keep_a (P, 6), keep_b (P, 6), touching (P,), par (P, 3, 3))``. Faces lying in the same
-    plane with the same outward normal are counted once (A's copy is kept, B's dropped).
+    Decided once from both faces' in-plane components, so that every slab left out on one side is also left
+    out on the other, and every kept one has a safe sin(angle).
     """
-    # A axis k parallel to B axis l: decided once from both faces' in-plane components, so that every
-    # slab left out on one side is also left out on the other, and every kept one has a safe sin(angle)
     nxt, prv = [1, 2, 0], [2, 0, 1]
     sin_a = torch.hypot(rot[:, nxt, :], rot[:, prv, :])  # column l without row k: B's slab on A's face
     sin_b = torch.hypot(rot[:, :, nxt], rot[:, :, prv])  # row k without column l: A's slab on B's face
-    par = (sin_a < _TOL_PAR) | (sin_b < _TOL_PAR)  # (P, 3, 3)
+    return (sin_a < _TOL_PAR) | (sin_b < _TOL_PAR)
+
+
+def _parallel_faces(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, tol: Tensor, par: Tensor):
+    """Which faces are cut away whole by a parallel slab of the other box, and which pairs touch.
+
+    Returns ``(keep_a (P, 6), keep_b (P, 6), touching (P,), par (P, 3, 3))``. Faces lying in the same
+    plane with the same outward normal are counted once (A's copy is kept, B's dropped). Only pairs with
+    some parallel axes (``par``) are looked at.
+    """
+    keep_a = torch.ones(h.shape[0], 6, dtype=torch.bool)
+    keep_b = torch.ones(h.shape[0], 6, dtype=torch.bool)
+    touching = torch.zeros(h.shape[0], dtype=torch.bool)
+    some = par.flatten(1).any(1)
+    if not some.any():
+        return keep_a, keep_b, touching, par
+    s = some.nonzero()[:, 0]
+    ka, kb, to = _parallel_faces_of(h[s], g[s], rot[s], t[s], tol[s], par[s])
+    keep_a[s], keep_b[s], touching[s] = ka, kb, to
+    return keep_a, keep_b, touching, par
+
+
+def _parallel_faces_of(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, tol: Tensor, par: Tensor):
     cen = (rot * t[:, :, None]).sum(1)  # B's centre along its own axes
     sgn = torch.sign(rot)
     pos = sgn * cen[:, None, :]  # (P, 3, 3): B's centre along A's axis k (when parallel)
@@ -304,101 +335,115 @@ def _parallel_faces(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, tol: Tensor):
         inside = (fb >= -hk - tl) & (fb <= hk + tl)
         same = (fb - sgn * sb * hk).abs() <= tl  # A's face with the same outward normal
         keep_b[:, ib::2] = ~(par & (~inside | same)).any(1)
-    return keep_a, keep_b, touching, par
+    return keep_a, keep_b, touching
 
 
-def _face_lines(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, par: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _face_lines(h: Tensor, g: Tensor, rot: Tensor, t: Tensor, par: Tensor) -> Tensor:
     """The other box's 6 planes restricted to each of A's 6 faces, as normalised 2-D half-planes (float64).
 
     Face ``(k, s)`` (``k = 0, 0, 1, 1, 2, 2``, ``s = +, -``) has coordinates ``(x_i, x_j)``, ``i = k+1, j = k+2``.
     B's slab ``l`` there reads ``|alpha x_i + beta x_j + gamma| <= g_l``; divided by ``rho = hypot(alpha, beta)``
-    it gives the half-planes ``nx x + ny y <= off`` ordered ``(l, +), (l, -)``. Slabs parallel to the face
-    (``par``) become ``0 <= 1`` (always inside): the caller decides those faces all-or-nothing.
+    it is ``-lo <= nx x + ny y <= hi``. Slabs parallel to the face (``par``) become ``-1 <= 0 <= 1`` (always
+    inside): the caller decides those faces all-or-nothing.
 
-    Returns ``nx, ny, off``, each ``(P, 6, 6)``.
+    Returns:
+        ``(P, 6, 3, 4)``: ``[nx, ny, hi, lo]`` of B's 3 slabs on each of A's 6 faces.
     """
-    ks = [0, 0, 1, 1, 2, 2]
-    ii, jj = [1, 1, 2, 2, 0, 0], [2, 2, 0, 0, 1, 1]
+    ks, ii, jj = [0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 0, 0], [2, 2, 0, 0, 1, 1]
     sg = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=h.dtype)
-    cen = (rot * t[:, :, None]).sum(1)  # (P, 3): B's centre along its own axes
+    cen = (t[:, None, :] @ rot)[:, 0]  # (P, 3): B's centre along its own axes
     alpha, beta = rot[:, ii, :], rot[:, jj, :]  # (P, 6, 3)
-    gamma = sg[None, :, None] * h[:, ks, None] * rot[:, ks, :] - cen[:, None, :]
-    off = par[:, ks, :]
-    rho = torch.where(off, torch.ones_like(alpha), torch.hypot(alpha, beta))
-    nx, ny = alpha / rho, beta / rho
-    hi, lo = (g[:, None, :] - gamma) / rho, (g[:, None, :] + gamma) / rho  # nx x + ny y <= hi, -(..) <= lo
-    nx = torch.stack([nx, -nx], -1).flatten(2)
-    ny = torch.stack([ny, -ny], -1).flatten(2)
-    o = torch.stack([hi, lo], -1).flatten(2)
-    off2 = off.repeat_interleave(2, 2)
-    zero = torch.zeros_like(nx)
-    return nx.where(~off2, zero), ny.where(~off2, zero), o.where(~off2, torch.ones_like(o))
+    gamma = (h[:, ks] * sg)[:, :, None] * rot[:, ks, :] - cen[:, None, :]
+    rho = torch.hypot(alpha, beta)
+    any_par = bool(par.any())
+    if any_par:
+        off = par[:, ks, :]
+        rho.masked_fill_(off, 1.0)
+    gl = g[:, None, :]
+    slabs = torch.stack([alpha / rho, beta / rho, (gl - gamma) / rho, (gl + gamma) / rho], -1)  # (P, 6, 3, 4)
+    if any_par:
+        slabs.masked_fill_(off[..., None], 0.0)[..., 2:].masked_fill_(off[..., None], 1.0)
+    return slabs
 
 
 _CLIP_TABLES: dict[int, Tensor] = {}
 
 
 def _clip_table(k: int) -> Tensor:
-    """What one Sutherland-Hodgman step does to a ``k``-gon, for each of the ``2**k`` inside/outside patterns.
+    """What clipping a ``k``-gon by a slab ``lo <= u <= hi`` does, for each of the ``3**k`` vertex patterns.
 
-    Row ``code`` (bit ``i`` set: vertex ``i`` inside) holds ``k + 1`` output slots, 4 edge ends and a flag.
-    A convex polygon keeps one cyclic run of ``m`` vertices ``n+1 .. n+m`` (``n``: the edge where the
-    boundary enters the half-plane, ``e = n+m``: the one where it leaves) and gains the two cuts, stored as
-    candidates ``k`` (entry) and ``k + 1`` (exit): slots ``[k, n+1 .. n+m, k+1, k, k, ...]`` (repeats of
-    slot 0 close the polygon). Ends ``[n, n+1, e, e+1]`` locate the cuts. Patterns that are not one cyclic
-    run (only rounding makes them) are flagged.
+    Row ``code = sum_i state_i 3**i`` (state 0: inside, 1: above ``hi``, 2: below ``lo``) is Sutherland-Hodgman
+    by both lines in one walk round the polygon: vertex ``i`` is kept when inside, and edge ``(i, i+1)``
+    contributes its cuts with the lines it crosses, in order along the edge. The columns:
+    ``k + 6`` output slots (sources: ``0..k-1`` the vertices, ``k..k+3`` the four cuts; unused slots repeat
+    slot 0, which closes the polygon; the last four are scratch space for the next step's cuts), then for
+    each cut the two ends as indices into ``[d_hi, d_lo]`` (``(2, K)`` flattened) and into the vertices,
+    then a flag. A convex polygon gains at most one vertex per line and at most four cuts; patterns that
+    would need more (only rounding makes them) are flagged.
     """
     if k not in _CLIP_TABLES:
         rows = []
-        for code in range(2**k):
-            inside = [(code >> i) & 1 for i in range(k)]
-            m = sum(inside)
-            entries = [i for i in range(k) if not inside[i] and inside[(i + 1) % k]]
-            if m == k:
-                rows.append([*range(k), 0, 0, 0, 0, 0, 0])
-            elif m == 0 or len(entries) != 1:
-                rows.append([0] * (k + 5) + [int(m > 0)])
-            else:
-                n = entries[0]
-                e = (n + m) % k
-                slots = [k, *[(n + j) % k for j in range(1, m + 1)], k + 1] + [k] * (k - m - 1)
-                rows.append([*slots, n, (n + 1) % k, e, (e + 1) % k, 0])
+        for code in range(3**k):
+            st = [(code // 3**i) % 3 for i in range(k)]
+            out, cuts = [], []
+            for i in range(k):
+                j = (i + 1) % k
+                if st[i] == 0:
+                    out.append(i)
+                for line in {(0, 1): [0], (1, 0): [0], (0, 2): [1], (2, 0): [1], (1, 2): [0, 1], (2, 1): [1, 0]}.get(
+                    (st[i], st[j]), []
+                ):
+                    out.append(k + len(cuts))
+                    cuts.append((line * k + i, line * k + j, i, j))
+            flag = int(len(out) > k + 2 or len(cuts) > 4)
+            if flag or not out:
+                out, cuts = [0], []
+            out += [out[0]] * (k + 2 - len(out)) + [0] * 4
+            cuts += [(0, 0, 0, 0)] * (4 - len(cuts))
+            rows.append(
+                out + [c[0] for c in cuts] + [c[1] for c in cuts] + [c[2] for c in cuts] + [c[3] for c in cuts] + [flag]
+            )
         _CLIP_TABLES[k] = torch.tensor(rows, dtype=torch.int64)
     return _CLIP_TABLES[k]
 
 
-def _clip_polygons(rect: Tensor, nx: Tensor, ny: Tensor, off: Tensor) -> tuple[Tensor, Tensor]:
-    """Sutherland-Hodgman: rectangles ``[-u, u] x [-v, v]`` clipped by half-planes ``nx x + ny y <= off``.
+def _clip_polygons(rect: Tensor, slabs: Tensor) -> tuple[Tensor, Tensor]:
+    """Sutherland-Hodgman: rectangles ``[-a, a] x [-b, b]`` clipped by slabs ``-lo <= nx x + ny y <= hi``.
 
-    Static shapes: a convex polygon cut by a line gains at most one vertex, so after ``i`` lines it has
-    ``4 + i`` slots ``(2, F, 4 + i)`` (unused ones repeat a vertex). Each step is a lookup of the
-    inside/outside pattern in ``_clip_table`` and two gathers: no cumsum, no scatter, no data-dependent shape.
+    Static shapes: a convex polygon cut by a line gains at most one vertex, so after ``i`` slabs it has
+    ``4 + 2 i`` slots (unused ones repeat a vertex), held in a ``(2, F, 4 + 2 i + 4)`` buffer whose last four
+    slots take the next cuts. Each step looks the vertices' inside/above/below pattern up in
+    ``_clip_table``, computes the (at most four) cuts with one lerp and gathers the new polygon: no cumsum,
+    no scatter, no data-dependent shape.
 
     Args:
-        rect: ``(F, 2)`` half sizes ``(u, v)``. nx, ny, off: ``(F, L)``.
+        rect: ``(F, 2)`` half sizes. slabs: ``(F, S, 4)`` as ``[nx, ny, hi, lo]``.
 
     Returns:
         ``(area (F,), bad (F,))``: ``bad`` flags sign patterns that rounding made non-convex, which the caller
         recomputes another way.
     """
-    u, v = rect[:, 0:1], rect[:, 1:2]
-    poly = torch.stack([torch.cat([u, -u, -u, u], 1), torch.cat([v, v, -v, -v], 1)])  # counter-clockwise
-    bad = torch.zeros(rect.shape[0], dtype=torch.bool)
-    for line in range(nx.shape[1]):
-        k = poly.shape[2]
-        d = poly[0] * nx[:, line, None] + poly[1] * ny[:, line, None] - off[:, line, None]  # (F, K)
-        code = ((d <= 0).to(poly.dtype) @ (2.0 ** torch.arange(k, dtype=poly.dtype))).long()
-        row = _clip_table(k)[code]  # (F, K + 6)
-        ends = row[:, k + 1 : k + 5]
-        de = d.gather(1, ends)
-        pe = poly.gather(2, ends.expand(2, -1, -1))
-        w = (de[:, 0::2] / (de[:, 0::2] - de[:, 1::2])).nan_to_num(0.0, 0.0, 0.0)  # 0 where nothing is cut
-        cand = torch.cat([poly, torch.lerp(pe[:, :, 0::2], pe[:, :, 1::2], w)], 2)  # (2, F, K + 2)
-        poly = cand.gather(2, row[:, : k + 1].expand(2, -1, -1))
-        bad |= row[:, -1].bool()
-    x, y = poly[0], poly[1]
+    a, b = rect[:, 0:1], rect[:, 1:2]
+    z = torch.zeros_like(a).expand(-1, 4)
+    buf = torch.stack([torch.cat([a, -a, -a, a, z], 1), torch.cat([b, b, -b, -b, z], 1)])  # counter-clockwise
+    bad = torch.zeros(rect.shape[0], dtype=torch.int64)
+    for slab in slabs.unbind(1):
+        k = buf.shape[2] - 4
+        u = buf[0, :, :k] * slab[:, 0:1] + buf[1, :, :k] * slab[:, 1:2]  # (F, K)
+        d = torch.stack([u - slab[:, 2:3], -u - slab[:, 3:4]], 1)  # (F, 2, K): > 0 outside hi, lo
+        out = d > 0
+        state = out[:, 0].to(buf.dtype) + 2 * out[:, 1].to(buf.dtype)
+        code = (state @ (3.0 ** torch.arange(k, dtype=buf.dtype))).long()
+        row = _clip_table(k).index_select(0, code)  # (F, K + 23)
+        de = d.view(-1, 2 * k).gather(1, row[:, k + 6 : k + 14])  # (F, 8): first ends, then second ends
+        pe = buf.gather(2, row[:, k + 14 : k + 22].expand(2, -1, -1))
+        w = (de[:, :4] / (de[:, :4] - de[:, 4:])).nan_to_num(0.0, 0.0, 0.0)  # 0 for unused cuts
+        buf[:, :, k:] = torch.lerp(pe[:, :, :4], pe[:, :, 4:], w)
+        buf = buf.gather(2, row[:, : k + 6].expand(2, -1, -1))
+        bad |= row[:, -1]
+    x, y = buf[0, :, :-4], buf[1, :, :-4]
     area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1)
-    return area, bad
+    return area, bad.bool()
 
 
 def _overlap_frames(ca, ra, ha, cb, rb, hb, clip_dtype: torch.dtype = torch.float64) -> Tensor:
@@ -417,27 +462,26 @@ def _overlap_frames(ca, ra, ha, cb, rb, hb, clip_dtype: torch.dtype = torch.floa
         return vol
     h, g, r, tt, tl = ha[idx], hb[idx], rot[idx], t[idx], tol[idx]
     p = h.shape[0]
-    keep_a, keep_b, touching, par = _parallel_faces(h, g, r, tt, tl)
-    rt = r.transpose(1, 2)
-    tb = -(tt[:, None, :] @ r)[:, 0]  # A's centre in B's frame
-    lines = [
-        torch.cat(x, 1) for x in zip(_face_lines(h, g, r, tt, par), _face_lines(g, h, rt, tb, par.transpose(1, 2)))
-    ]
+    keep_a, keep_b, touching, par = _parallel_faces(h, g, r, tt, tl, _parallel_axes(r))
+    rt, tb = r.transpose(1, 2), -(tt[:, None, :] @ r)[:, 0]  # B's frame: A's axes, A's centre
     ii, jj = [1, 1, 2, 2, 0, 0], [2, 2, 0, 0, 1, 1]
-    rect = torch.stack([torch.cat([h[:, ii], g[:, ii]], 1), torch.cat([h[:, jj], g[:, jj]], 1)], -1)
-    faces = [x.flatten(0, 1).to(clip_dtype) for x in (rect, *lines)]  # 12 faces per pair
-    area = torch.empty(p * 12, dtype=clip_dtype)
-    bad = torch.empty(p * 12, dtype=torch.bool)
-    for start in range(0, p * 12, 12 * _CHUNK):
-        part = slice(start, start + 12 * _CHUNK)
-        area[part], bad[part] = _clip_polygons(*[x[part] for x in faces])
-    area, bad = area.view(p, 12).double(), bad.view(p, 12).any(1)
+    area = torch.empty(2, p, 6, dtype=clip_dtype)
+    bad = torch.empty(2, p, 6, dtype=torch.bool)
+    for start in range(0, p, _CHUNK):  # A's faces against B, then B's against A, as one batch of boxes
+        c = slice(start, start + _CHUNK)
+        a_side, b_side = (h[c], g[c], r[c], tt[c], par[c]), (g[c], h[c], rt[c], tb[c], par[c].transpose(1, 2))
+        hh, *rest = [torch.cat(x) for x in zip(a_side, b_side)]
+        slabs = _face_lines(hh, *rest)  # (2 chunk, 6, 3, 4)
+        rect = torch.stack([hh[:, ii], hh[:, jj]], -1)  # (2 chunk, 6, 2)
+        ar, bd = _clip_polygons(rect.flatten(0, 1).to(clip_dtype), slabs.flatten(0, 1).to(clip_dtype))
+        area[:, c], bad[:, c] = ar.view(2, -1, 6), bd.view(2, -1, 6)
+    area, bad = area.double(), bad.any(2).any(0)
     if bad.any():  # rounding gave a non-convex inside/outside pattern: the line-clipping formula instead
         o = bad.nonzero()[:, 0]
-        area[o] = _areas_by_lines(h[o], g[o], r[o], tt[o], par[o], tl[o])
-    area_a, area_b = area[:, :6] * keep_a, area[:, 6:] * keep_b
+        area[:, o] = _areas_by_lines(h[o], g[o], r[o], tt[o], par[o], tl[o]).view(-1, 2, 6).transpose(0, 1)
+    area_a, area_b = area[0] * keep_a, area[1] * keep_b
     # divergence theorem, origin at A's centre: B's face (l, s) is at distance g_l + s * (t . b_l)
-    cen = (r * tt[:, :, None]).sum(1)
+    cen = -tb
     v = (h.repeat_interleave(2, 1) * area_a).sum(1) + (g.repeat_interleave(2, 1) * area_b).sum(1)
     v = v + (cen * (area_b[:, 0::2] - area_b[:, 1::2])).sum(1)
     v = (v / 3).clamp(min=0)

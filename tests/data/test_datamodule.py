@@ -4,7 +4,7 @@ import pytest
 
 from lit3drft.data.config import DataConfig
 from lit3drft.data.datamodule import LitDataModule
-from tests.data.conftest import TINY
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,12 @@ def test_skip_mode_counts_bad_rows(cfg, tmp_path):
     dm = LitDataModule(replace(cfg, sources=[src], on_bad_sample="skip"))
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 1 and dm.skipped.count == 1
+
+
+def test_prepare_data_refuses_a_benchmark_generated_with_other_knobs(bench):
+    root, _ = bench
+    dm = LitDataModule(DataConfig(root=str(root), synth=replace(TINY, max_objects=TINY.max_objects + 1)))
+    with pytest.raises(ValueError, match="max_objects"):
+        dm.prepare_data()
+    LitDataModule(DataConfig(root=str(root), synth=TINY)).prepare_data()  # same knobs: nothing to do
+    LitDataModule(DataConfig(root=str(root), generate=False)).prepare_data()  # as is: no check

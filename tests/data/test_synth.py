@@ -11,7 +11,7 @@ from PIL import Image
 from lit3drft.data.geometry import box_corners, project_points
 from lit3drft.data.render import OCCLUDER_ID
 from lit3drft.data.synth import generate
-from tests.data.conftest import TINY
+from tests.conftest import TINY
 
 
 def scene_meta(root, name):

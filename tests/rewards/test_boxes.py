@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lit3drft.rewards import boxes
 from lit3drft.rewards.boxes import (
     box3d_corners,
     box3d_iou,
@@ -186,3 +187,64 @@ def test_empty_inputs():
     vol, iou = box3d_overlap(torch.zeros(0, 8, 3), torch.zeros(3, 8, 3))
     assert vol.shape == (0, 3) and iou.shape == (0, 3)
     assert np.all(box3d_iou(torch.zeros(0, 9), torch.zeros(2, 9)).numpy() == 0)
+
+
+def test_float32_clipping_matches_float64():
+    """float32 inputs are clipped in float32 (set-up in float64): same volumes as float64 inputs to 1e-5."""
+    gen = torch.Generator().manual_seed(5)
+    boxes1, boxes2 = random_boxes(400, gen, spread=0.5), random_boxes(400, gen, spread=0.5)
+    boxes2[:100, 6:] = boxes1[:100, 6:]  # parallel axes: the coplanar bookkeeping runs too
+    boxes2[100:200, 6:] = boxes1[100:200, 6:] + 1e-4
+    c1, c2 = box3d_corners(boxes1), box3d_corners(boxes2)
+    vol64 = box3d_overlap(c1, c2, paired=True)[0]
+    vol32, iou32 = box3d_overlap(c1.float(), c2.float(), paired=True)
+    assert vol32.dtype == iou32.dtype == torch.float32
+    torch.testing.assert_close(vol32.double(), vol64, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tilt", [1e-7, 1e-5, 1e-3, 1e-2])
+def test_near_coplanar_faces_float32(tilt):
+    a = torch.tensor([0.0, 0, 0, 2, 2, 2, 0, 0, 0])
+    b = a.clone()
+    b[0], b[6], b[7] = 0.7, tilt, tilt
+    ca, cb = box3d_corners(a[None]), box3d_corners(b[None])
+    ref = reference_volume(ca[0].double().numpy(), cb[0].double().numpy())
+    assert box3d_overlap(ca, cb)[0].item() == pytest.approx(ref, rel=1e-5, abs=1e-5)
+
+
+def test_all_pairs_equal_paired():
+    gen = torch.Generator().manual_seed(6)
+    c1, c2 = box3d_corners(random_boxes(9, gen).float()), box3d_corners(random_boxes(7, gen).float())
+    vol, iou = box3d_overlap(c1, c2)
+    pv, pi = box3d_overlap(c1.repeat_interleave(7, 0), c2.repeat(9, 1, 1), paired=True)
+    assert torch.equal(vol.flatten(), pv) and torch.equal(iou.flatten(), pi)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fallback_of_the_clipping_agrees(monkeypatch, dtype):
+    """Pairs whose clipping is flagged (rounding made a non-convex sign pattern) go to the line formula."""
+    gen = torch.Generator().manual_seed(7)
+    c1, c2 = box3d_corners(random_boxes(60, gen).to(dtype)), box3d_corners(random_boxes(60, gen).to(dtype))
+    clipped = box3d_overlap(c1, c2, paired=True)[0]
+    clip = boxes._clip_polygons
+    monkeypatch.setattr(boxes, "_clip_polygons", lambda *a: (clip(*a)[0] * 0 + 5.0, torch.ones_like(clip(*a)[1])))
+    fallback = box3d_overlap(c1, c2, paired=True)[0]
+    assert (fallback > 0).float().mean() > 0.5
+    torch.testing.assert_close(fallback, clipped, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
+
+
+def test_clip_table_is_sutherland_hodgman():
+    """Slab clipping of a square by the table agrees with the exact area of square ∩ slab."""
+    rect = torch.tensor([[1.0, 1.0]] * 5, dtype=torch.float64)
+    inf = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)  # always inside
+    cases = [  # (nx, ny, hi, lo) and the area of [-1, 1]^2 ∩ {-lo <= nx x + ny y <= hi}
+        ([1.0, 0.0, 0.5, 0.5], 2.0),
+        ([0.0, 1.0, 2.0, 0.0], 2.0),
+        ([1.0, 0.0, 3.0, -2.0], 0.0),  # slab beside the square
+        ([math.sqrt(0.5), math.sqrt(0.5), 0.0, 0.0], 0.0),  # empty slab through the centre
+        ([math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5)], 3.0),  # corners cut off
+    ]
+    slabs = torch.stack([torch.stack([torch.tensor(c, dtype=torch.float64), inf, inf]) for c, _ in cases])
+    area, bad = boxes._clip_polygons(rect, slabs)
+    assert not bad.any()
+    torch.testing.assert_close(area, torch.tensor([a for _, a in cases], dtype=torch.float64))
