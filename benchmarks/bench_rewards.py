@@ -1,7 +1,11 @@
 """Speed of the reward library on one CPU thread: box3d_overlap pairs/s (N x M and paired) against the scipy
 reference in the same run, agreement, and completions/s of the detection reward.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_rewards.py [--pairs 20000] [--ref-pairs 300]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_rewards.py [--pairs 20000] [--ref-pairs 300] [--compiled]
+
+``box3d_overlap`` is eager torch. ``--compiled`` also times it with the clipping step under ``torch.compile``
+(an experiment, not a library option: on these CPUs inductor's code for the gather-heavy clipping was ~3x
+slower than eager and took ~15 s per chunk shape to compile; see dev/LOG.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit3drft.rewards import box3d_corners, box3d_overlap, detection_reward  # noqa: E402
+from lit3drft.rewards import boxes as box_lib  # noqa: E402
 from tests.rewards.reference import reference_volume  # noqa: E402
 
 
@@ -44,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20000)
     parser.add_argument("--ref-pairs", type=int, default=300)
+    parser.add_argument("--compiled", action="store_true", help="also time the clipping under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
@@ -71,10 +77,26 @@ def main() -> None:
     ]
     reward = rate(lambda: detection_reward(completions, targets), len(completions), repeat=2)
     overlap = (ref > 0).float().mean().item()
-    print(f"box3d_overlap paired (float32): {paired:,.0f} pairs/s")
-    print(f"box3d_overlap N x M ({side}x{side}, float32): {grid:,.0f} pairs/s")
+    print(f"box3d_overlap paired (float32, eager): {paired:,.0f} pairs/s")
+    print(f"box3d_overlap N x M ({side}x{side}, float32, eager): {grid:,.0f} pairs/s")
     print(f"scipy reference (HalfspaceIntersection + ConvexHull): {ref_rate:,.0f} pairs/s")
-    print(f"speed-up over the reference: paired {paired / ref_rate:,.0f}x, N x M {grid / ref_rate:,.0f}x")
+    print(f"speed-up over the reference (eager): paired {paired / ref_rate:,.0f}x, N x M {grid / ref_rate:,.0f}x")
+    if args.compiled:
+        eager_clip = box_lib._clip_polygons
+        box_lib._clip_polygons = torch.compile(eager_clip, dynamic=False)
+        try:
+            start = time.perf_counter()
+            box3d_overlap(a, b, paired=True), box3d_overlap(a[:side], b[:side])  # one compile per chunk shape
+            compile_s = time.perf_counter() - start
+            paired_c = rate(lambda: box3d_overlap(a, b, paired=True), args.pairs)
+            grid_c = rate(lambda: box3d_overlap(a[:side], b[:side]), side * side)
+        finally:
+            box_lib._clip_polygons = eager_clip
+        print(
+            f"box3d_overlap compiled clipping: paired {paired_c:,.0f} pairs/s ({paired_c / ref_rate:,.0f}x reference, "
+            f"{paired_c / paired:.2f}x eager), N x M {grid_c:,.0f} pairs/s ({grid_c / ref_rate:,.0f}x reference, "
+            f"{grid_c / grid:.2f}x eager); first calls incl. compile {compile_s:.1f} s"
+        )
     print(
         f"agreement over {args.ref_pairs} pairs ({overlap:.0%} overlapping): max |vol - ref| float32 "
         f"{(vol32 - ref).abs().max():.2e}, float64 {(vol64 - ref).abs().max():.2e}"
