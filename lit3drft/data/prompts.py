@@ -12,6 +12,8 @@ import json
 import random
 from dataclasses import dataclass
 
+from lit3drft.rewards.spatial import NUMERIC_TYPES, QUESTION_TYPES
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Categories (ScanNet class names) with size priors in metres and plausible colours
 # ----------------------------------------------------------------------------------------------------------------------
@@ -101,22 +103,9 @@ VSI_PRE_PROMPT = "These are frames of a video."
 VSI_NA_POST_PROMPT = "Please answer the question using a single word or phrase."
 VSI_MCA_POST_PROMPT = "Answer with the option's letter from the given choices directly."
 
-NUMERICAL_QUESTION_TYPES = (
-    "object_counting",
-    "object_abs_distance",
-    "object_size_estimation",
-    "room_size_estimation",
-)
-MULTIPLE_CHOICE_QUESTION_TYPES = (
-    "object_rel_distance",
-    "object_rel_direction_easy",
-    "object_rel_direction_medium",
-    "object_rel_direction_hard",
-    "route_planning",
-    "obj_appearance_order",
-)
-QUESTION_TYPES = NUMERICAL_QUESTION_TYPES + MULTIPLE_CHOICE_QUESTION_TYPES
-"""VSI-Bench question types (relative direction in its three levels)."""
+# VSI-Bench's question types are defined once, beside the metric that scores them.
+NUMERICAL_QUESTION_TYPES = NUMERIC_TYPES
+MULTIPLE_CHOICE_QUESTION_TYPES = tuple(t for t in QUESTION_TYPES if t not in NUMERIC_TYPES)
 
 VSI_TEMPLATES: dict[str, str] = {
     "object_counting": "How many {category}(s) are in this room?",
