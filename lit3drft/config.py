@@ -145,10 +145,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     layers = _file_layers(Path(path)) if path else []
     for source, layer in layers:
         merged = _merge(merged, layer, source)
-    if overrides:
-        cli = _parse_overrides(overrides)
-        merged = _merge(merged, cli, "command line")
-    cfg = OmegaConf.to_object(merged)
+    for item in overrides or []:
+        merged = _apply_override(merged, item)
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"invalid config: {err}") from err
     _validate(cfg, "")
     return cfg
 
@@ -174,14 +176,37 @@ def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Dic
     return [*layers, (str(path), OmegaConf.create(raw))]
 
 
-def _parse_overrides(overrides: list[str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
+def _apply_override(merged: DictConfig, item: str) -> DictConfig:
+    """Apply one dotted ``key=value`` (value parsed as YAML; list items addressed as ``stages.0.lr``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+    node: Any = merged
+    for depth, part in enumerate(key.split(".")):
+        here = ".".join(key.split(".")[:depth]) or "the top level"
+        if isinstance(node, ListConfig):
+            if not (part.isdigit() and int(part) < len(node)):
+                raise ConfigError(f"override {item!r}: '{here}' is a list of {len(node)} items, no item {part!r}")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig) and not node._is_none():
+            if part not in node:
+                if node._is_typed() or depth == 0:
+                    valid = ", ".join(str(k) for k in node)
+                    raise ConfigError(f"command line: unknown key '{key}' (valid keys under {here}: {valid})")
+                break  # free-form mapping (e.g. sweep): new keys are fine
+            node = node._get_node(part)
+        else:
+            break
+    try:
+        OmegaConf.update(merged, key, value, merge=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad command-line override: {err}") from err
+        where = getattr(err, "full_key", None) or key
+        raise ConfigError(f"command line: bad value at '{where}': {str(err).splitlines()[0]}") from err
+    return merged
 
 
 def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:

@@ -98,3 +98,10 @@ def test_bad_choice_in_a_file_names_file_key_and_choices(tmp_path: Path) -> None
         load_config(bad)
     msg = str(err.value)
     assert str(bad) in msg and "grpo.loss_type" in msg and "dapo" in msg
+
+
+def test_list_items_and_free_form_keys_on_the_command_line() -> None:
+    cfg = load_config(None, ["stages=[{kind: sft}, {kind: grpo}]", "stages.1.lr=0.5", "sweep={seed: [0, 1]}"])
+    assert cfg.stages[1].lr == 0.5 and cfg.sweep == {"seed": [0, 1]}
+    with pytest.raises(ConfigError, match="no item '2'"):
+        load_config(None, ["stages=[{kind: sft}]", "stages.2.lr=1"])

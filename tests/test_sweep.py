@@ -62,5 +62,7 @@ def test_scale_shrinks_steps_not_the_grid() -> None:
     assert "stages.0.max_steps=100" in small and "stages.1.max_steps=50" in small
     smoke = scale_overrides(cfg, "smoke")
     assert "stages.1.max_steps=2" in smoke
+    shrunk = load_config(None, ["stages=[{kind: sft, max_steps: 200}, {kind: grpo, max_steps: 100}]", *small])
+    assert [s.max_steps for s in shrunk.stages] == [100, 50]
     with pytest.raises(ConfigError, match="smoke, small, full"):
         scale_overrides(cfg, "huge")
