@@ -16,7 +16,7 @@ from pathlib import Path
 from lit3drft.config import ConfigError, RunConfig, StageConfig, load_config
 from lit3drft.fit import build_datamodule, build_module, build_trainer, latest_stage_weights, load_trainable
 from lit3drft.models import build_policy
-from lit3drft.runinfo import device_description, git_commit, write_json_atomic
+from lit3drft.runinfo import device_description, format_metrics, git_commit, write_json_atomic
 
 
 def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tuple[RunConfig, Path | None, Path]:
@@ -36,11 +36,6 @@ def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tu
     raise ConfigError(f"{target}: not a run directory (config.yaml), weights file or HF checkpoint (config.json)")
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    width = max(map(len, metrics), default=10)
-    return "\n".join(f"{k:<{width}}  {v:10.4f}" for k, v in sorted(metrics.items()))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit3drft.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("target", help="run directory, trainable.pt / .ckpt, or HF checkpoint directory")
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--config", help="experiment YAML (needed for an HF checkpoint)")
     parser.add_argument("--out", help="output directory (default <run_dir>/eval-<split>)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg, weights, base = resolve_target(Path(args.target), args.config, args.overrides)
     except ConfigError as err:
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_description(),
     }
     write_json_atomic(out / "metrics.json", payload)
-    print(format_table(metrics))
+    print(format_metrics(metrics))
     print(f"wrote {out / 'metrics.json'}")
     return 0
 

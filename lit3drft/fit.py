@@ -31,7 +31,7 @@ from lit3drft.models import build_policy
 from lit3drft.modules.base import PolicyModule
 from lit3drft.modules.grpo import GRPOModule
 from lit3drft.modules.sft import SFTModule
-from lit3drft.runinfo import device_description, git_commit, write_json_atomic
+from lit3drft.runinfo import device_description, format_metrics, git_commit, write_json_atomic
 
 STAGE_DONE = "trainable.pt"
 
@@ -234,7 +234,8 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         "run_name": cfg.run_name or "run",
     }
     write_json_atomic(metrics_file, payload)
-    print(f"[lit3drft] wrote {metrics_file}")
+    print(format_metrics(metrics))
+    print(f"[lit3drft] wrote {metrics_file} ({payload['wall_time_s']:.0f} s)")
     return payload
 
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--point", action="store_true", help=argparse.SUPPRESS)  # one grid point (lit3drft.sweep)
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and doc")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.help_config:
         for key, default, doc in describe():
             print(f"{key} = {default}\n    {doc}")
@@ -255,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         parser.error("a config file is required")
     try:
-        # a file with a sweep: block is a grid: run it (or the points the overrides pin)
-        if not args.point and not args.print_config and sweep.has_sweep(args.config):
-            return 0 if sweep.sweep(args.config, args.overrides) else 1
-        cfg = load_config(args.config, [*args.overrides, *(["sweep=null"] if args.point else [])])
+        overrides = list(args.overrides)
+        if not args.point and sweep.has_sweep(args.config):
+            # a file with a sweep: block is a grid: run it (or the points the overrides pin) ...
+            if not args.print_config:
+                return 0 if sweep.sweep(args.config, overrides) else 1
+            overrides = sweep.point_configs(args.config, overrides)[0]  # ... or show its first point
+        cfg = load_config(args.config, [*overrides, *(["sweep=null"] if args.point else [])])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

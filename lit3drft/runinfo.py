@@ -46,3 +46,15 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def format_metrics(metrics: dict[str, float], skip_per_class: bool = True) -> str:
+    """Aligned ``name  value`` lines, sorted; per-class detection F1 left out unless asked.
+
+    Example:
+        >>> print(format_metrics({"test/format_rate": 100.0, "test/detection/f1/chair": 3.0}))
+        test/format_rate    100.00
+    """
+    rows = {k: v for k, v in metrics.items() if not (skip_per_class and "/f1/" in k)}
+    width = max(map(len, rows), default=10)
+    return "\n".join(f"{k:<{width}}  {v:8.2f}" for k, v in sorted(rows.items()))

@@ -210,17 +210,11 @@ def sweep(
     base = load_config(path, [o for o in overrides if o.split("=")[0] not in (_sweep_of(path) or {})])
     if not base.sweep:
         raise ConfigError(f"{path} has no sweep: block; run it with python -m lit3drft.fit")
-    points, rest = select_points(base.sweep, overrides)
-    extra = scale_overrides(base, scale)
-    tasks = []
-    for point in points:
-        name = run_name(point)
-        ov = [*point_overrides(base.sweep, point), *extra, *rest, f"run_name={name}"]
-        tasks.append((point, ov))
+    tasks = list(zip(select_points(base.sweep, overrides)[0], point_configs(path, overrides, scale)))
     print(f"[sweep] {path}: {len(tasks)} runs at scale {scale}, {jobs} at a time")
 
     def one(i: int, point: dict[str, Any], ov: list[str]) -> dict[str, Any] | None:
-        cfg = load_config(path, [*ov, "sweep=null"])
+        cfg = load_config(path, ov)
         metrics_file = run_dir_of(cfg) / "metrics.json"
         start = time.time()
         status = "done earlier"
@@ -242,6 +236,15 @@ def sweep(
     return [r for r in rows if r is not None]
 
 
+def point_configs(path: str, overrides: list[str], scale: str = "full") -> list[list[str]]:
+    """For every grid point the overrides select: the full override list that realises it as one run."""
+    grid = _sweep_of(path) or {}
+    base = load_config(path, [o for o in overrides if o.split("=")[0] not in grid])
+    points, rest = select_points(grid, overrides)
+    extra = scale_overrides(base, scale)
+    return [[*point_overrides(grid, p), *extra, *rest, f"run_name={run_name(p)}", "sweep=null"] for p in points]
+
+
 def _sweep_of(path: str) -> dict[str, Any] | None:
     cfg = load_config(path)
     return cfg.sweep
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="full", choices=SCALES)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--results-dir", default="results")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir)
     except ConfigError as err:
