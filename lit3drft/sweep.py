@@ -72,15 +72,16 @@ def run_name(point: dict[str, Any]) -> str:
     """Stable, readable run name: ``beta=0.04__seed=1`` (full dotted key when the last part is ambiguous).
 
     Example:
-        >>> run_name({"grpo.beta": 0.04, "strategy": "sft_rl", "seed": 1})
-        'beta=0.04__strategy=sft_rl__seed=1'
+        >>> run_name({"grpo.beta": 0.04, "strategy": "sft_rl", "data.tasks": ["detection", "spatial"]})
+        'beta=0.04__strategy=sft_rl__tasks=detection+spatial'
     """
     lasts = [k.split(".")[-1] for k in point]
     parts = []
     for key, value in point.items():
         short = key.split(".")[-1]
         label = short if lasts.count(short) == 1 else key
-        parts.append(f"{label}={value}".replace("/", "_").replace(" ", ""))
+        text = "+".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{label}={text}".replace("/", "_").replace(" ", ""))
     return "__".join(parts)
 
 

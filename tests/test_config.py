@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lit3drft.config import ConfigError, RunConfig, describe, field_docs, load_config, to_yaml
+from lit3drft.sweep import point_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml"))
@@ -38,9 +39,21 @@ def test_every_shipped_yaml_loads(path: Path) -> None:
     assert cfg.stages, f"{path}: no stages"
 
 
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if "sweep:" in p.read_text()], ids=lambda p: p.name)
+def test_every_grid_point_loads(path: Path) -> None:
+    points = point_configs(str(path), [])
+    assert len(points) > 1
+    names = set()
+    for overrides in points:
+        cfg = load_config(path, overrides)
+        assert cfg.sweep is None and cfg.run_name
+        names.add(cfg.run_name)
+    assert len(names) == len(points), "run names must be unique"
+
+
 def test_experiments_exist() -> None:
     names = {p.name for p in EXPERIMENTS}
-    assert {"sft_tiny.yaml"} <= names
+    assert {"sft_tiny.yaml", "grpo_tiny.yaml", "quickstart.yaml", "ablation_kl.yaml", "ablation_strategy.yaml"} <= names
 
 
 def test_unknown_key_names_key_and_valid_keys(tmp_path: Path) -> None:
