@@ -1,0 +1,54 @@
+"""A real grid run through `lit3drft.sweep` (child processes), its results table, and the notebook on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+from nbclient import NotebookClient
+
+from lit3drft.collect import collect
+from lit3drft.sweep import read_rows, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"inherit: {ROOT / 'experiments' / 'base' / 'tiny.yaml'}\n"
+        "experiment: smoke_grid\n"
+        "eval: {splits: [test]}\n"
+        "sweep:\n"
+        "  stages.0.lr: [1.0e-3, 1.0e-4]\n"
+        "  seed: [0]\n"
+    )
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    overrides = [*run_overrides, f"output_dir={runs}", "stages=[{kind: sft, max_steps: 2}]"]
+    rows = sweep(str(grid), overrides, scale="full", jobs=1, results_dir=results)
+    assert len(rows) == 2
+    csv_path = results / "smoke_grid" / "runs.csv"
+    assert [r["run"] for r in read_rows(csv_path)] == ["lr=0.001__seed=0", "lr=0.0001__seed=0"]
+    # a second call finds both runs finished: nothing re-runs, no row is duplicated
+    again = sweep(str(grid), overrides, scale="full", jobs=1, results_dir=results)
+    assert len(again) == 2 and len(read_rows(csv_path)) == 2
+    summary = collect("smoke_grid", results)
+    assert summary["test/format_rate n"].tolist() == [1, 1]
+    assert (results / "smoke_grid" / "table.md").read_text().count("\n") == 4
+
+    nb = nbformat.read(ROOT / "notebooks" / "ablations.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    env = {"LIT3DRFT_RESULTS": str(results), "LIT3DRFT_RUNS": str(runs)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert (results / "smoke_grid" / "summary.png").exists()
+    assert isinstance(pd.read_csv(results / "smoke_grid" / "table.csv"), pd.DataFrame)
