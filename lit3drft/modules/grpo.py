@@ -139,11 +139,15 @@ class GRPOModule(PolicyModule):
         t0, t1, t2, t3 = times
         lengths = rollout.completion_mask.sum(dim=1).float()
         n = len(rollout.texts)
+        mask = rollout.completion_mask.float()
+        # Monte Carlo entropy: the mean negative log-prob of the sampled tokens under the sampling policy
+        entropy = -(rollout.logprobs.float() * mask).sum() / mask.sum().clamp(min=1)
         logs = {
             "train/reward": rewards.total.float().mean(),
             "train/reward_std": rewards.total.float().std() if n > 1 else torch.tensor(0.0),
             "train/advantage_abs_mean": advantages.abs().mean(),
             "train/advantage_std": advantages.std() if n > 1 else torch.tensor(0.0),
+            "train/entropy": entropy,
             "train/completion_length": lengths.mean(),
             "train/completion_length_max": lengths.max(),
             "train/truncated_share": rollout.truncated.float().mean(),

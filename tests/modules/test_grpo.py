@@ -84,7 +84,7 @@ def test_grpo_step_logs_and_changes_weights(run_overrides, tmp_path) -> None:
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     fit.run_stages(cfg, policy, fit.run_dir_of(cfg), resume=False)
     log = pd.read_csv(fit.run_dir_of(cfg) / "csv" / "0-grpo" / "metrics.csv")
-    for key in ("train/reward", "train/kl", "train/clip_ratio/low", "train/completion_length", "train/zero_std_groups",
+    for key in ("train/reward", "train/kl", "train/entropy", "train/clip_ratio/low", "train/completion_length", "train/zero_std_groups",
                 "time/generation_s", "time/generated_tokens_per_s", "train/reward/format"):  # fmt: skip
         assert key in log.columns, key
     # with non-zero advantages somewhere, every trainable tensor moved unless all groups were flat
