@@ -117,7 +117,9 @@ class DataConfig:
     eval_batch_size: int = 8
     """Samples per validation/test batch."""
     max_eval_samples: int = 0
-    """Cap on validation and test samples per source after a seeded shuffle; 0 means all."""
+    """Cap on validation and test samples per source after a shuffle seeded by `eval_seed`; 0 means all."""
+    eval_seed: int = 0
+    """Seed of the validation/test subset, independent of the run seed so all runs of a grid see the same samples."""
     num_workers: int = 0
     """DataLoader worker processes."""
     seed: int = 0

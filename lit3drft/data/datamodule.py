@@ -135,12 +135,15 @@ class LitDataModule(L.LightningDataModule):
                 continue
             recs = read_records(path, src.task, src.format, src.name, media_root(cfg, src), src.frames or 16,
                                 cfg.on_bad_sample, self.skipped)  # fmt: skip
-            rng = np.random.default_rng([cfg.seed, k, SPLITS.index(split)])
             if split != "train":
+                # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
+                # is scored on the same samples
+                rng = np.random.default_rng([cfg.eval_seed, k, SPLITS.index(split)])
                 cap = min(x for x in (src.max_samples, cfg.max_eval_samples) if x > 0) if (
                     src.max_samples or cfg.max_eval_samples) else 0  # fmt: skip
                 entries += [(r, cfg.eval_mode, "") for r in sorted(_subset(rng, recs, cap), key=lambda r: r.id)]
                 continue
+            rng = np.random.default_rng([cfg.seed, k, SPLITS.index(split)])
             recs = _subset(rng, recs, src.max_samples)
             reps = math.floor(src.weight)
             recs = recs * reps + recs[: round((src.weight - reps) * len(recs))]

@@ -91,3 +91,16 @@ def test_prepare_data_refuses_a_benchmark_generated_with_other_knobs(bench):
         dm.prepare_data()
     LitDataModule(DataConfig(root=str(root), synth=TINY)).prepare_data()  # same knobs: nothing to do
     LitDataModule(DataConfig(root=str(root), generate=False)).prepare_data()  # as is: no check
+
+
+def test_evaluation_subset_does_not_depend_on_the_run_seed(bench):
+    root, _ = bench
+    ids = []
+    for seed in (0, 1):
+        dm = LitDataModule(DataConfig(root=str(root), generate=False, max_eval_samples=2, seed=seed))
+        dm.setup("test")
+        ids.append([r.id for r, _, _ in dm.datasets["test"].entries])
+    assert ids[0] == ids[1]
+    other = LitDataModule(DataConfig(root=str(root), generate=False, max_eval_samples=2, eval_seed=5))
+    other.setup("test")
+    assert len(other.datasets["test"].entries) == len(ids[0])
