@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import itertools
 import json
@@ -149,7 +150,17 @@ def results_file(cfg: RunConfig, results_dir: str | Path = "results") -> Path:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> bool:
-    """Add ``row`` to ``path`` unless a row with the same ``run`` exists; atomic rewrite. True if added."""
+    """Add ``row`` to ``path`` unless a row with the same ``run`` exists; atomic rewrite. True if added.
+
+    A lock file serialises sweeps of the same experiment running side by side (read-modify-write).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _append_row_locked(path, row)
+
+
+def _append_row_locked(path: Path, row: dict[str, Any]) -> bool:
     rows = read_rows(path)
     if any(r.get("run") == row["run"] for r in rows):
         return False
@@ -161,7 +172,6 @@ def append_row(path: Path, row: dict[str, Any]) -> bool:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".runs.", suffix=".tmp")
     with os.fdopen(fd, "w", newline="") as fh:
         fh.write(buf.getvalue())
