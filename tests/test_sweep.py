@@ -51,7 +51,7 @@ def test_rows_are_appended_once_and_atomically(tmp_path: Path) -> None:
     rows = read_rows(path)
     assert [r["run"] for r in rows] == ["a", "b"]
     assert rows[0]["test/new"] == ""  # new columns are added, old rows padded
-    assert not list(path.parent.glob(".runs.*"))  # no temporary file left behind
+    assert not list(path.parent.glob(".runs.*.tmp"))  # no temporary file left behind
     with open(path) as fh:
         assert len(list(csv.reader(fh))) == 3
 
