@@ -9,6 +9,7 @@ files of its runs into a tidy DataFrame (run, stage, tag, step, value) for plott
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,11 +31,25 @@ DEFAULT_METRICS = (
 """Columns shown in ``table.md`` when present (``table.csv`` keeps every metric)."""
 
 
-def load_runs(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
+def load_runs(
+    experiment: str, results_dir: str | Path = "results", metrics_from: str = "", runs_root: str | Path = "runs"
+) -> pd.DataFrame:
+    """``runs.csv`` of an experiment; with ``metrics_from`` (e.g. ``eval-test``), its test metrics are replaced
+    by those of ``python -m lit3drft.evaluate`` in ``<runs_root>/<experiment>/<run>/<metrics_from>/``."""
     path = Path(results_dir) / experiment / "runs.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no runs yet; run python -m lit3drft.sweep experiments/{experiment}.yaml")
-    return pd.read_csv(path)
+    runs = pd.read_csv(path)
+    if not metrics_from:
+        return runs
+    rows = []
+    for run in runs["run"]:
+        file = Path(runs_root) / experiment / run / metrics_from / "metrics.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: run python -m lit3drft.evaluate {file.parent.parent} first")
+        rows.append({k: v for k, v in json.loads(file.read_text())["metrics"].items() if k.startswith("test/")})
+    kept = runs[[c for c in runs.columns if not c.startswith("test/")]]
+    return pd.concat([kept.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
 
 
 def split_columns(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -99,13 +114,16 @@ def curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "stage", "tag", "step", "value"])
 
 
-def collect(experiment: str, results_dir: str | Path = "results") -> pd.DataFrame:
-    """Write ``table.csv`` and ``table.md`` for ``experiment``; return the summary."""
-    runs = load_runs(experiment, results_dir)
+def collect(
+    experiment: str, results_dir: str | Path = "results", metrics_from: str = "", runs_root: str | Path = "runs"
+) -> pd.DataFrame:
+    """Write ``table.csv`` and ``table.md`` (``table-<metrics_from>.*`` for re-evaluations); return the summary."""
+    runs = load_runs(experiment, results_dir, metrics_from, runs_root)
     summary = summarise(runs)
     out = Path(results_dir) / experiment
-    summary.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(markdown_table(summary))
+    stem = f"table-{metrics_from}" if metrics_from else "table"
+    summary.to_csv(out / f"{stem}.csv", index=False)
+    (out / f"{stem}.md").write_text(markdown_table(summary))
     return summary
 
 
@@ -113,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit3drft.collect", description=__doc__.splitlines()[0])
     parser.add_argument("experiments", nargs="*", help="experiment names (default: every results/<name>/runs.csv)")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--metrics-from", default="", help="take test metrics from each run's <dir>, e.g. eval-test")
     args = parser.parse_args(argv)
     names = args.experiments or sorted(p.parent.name for p in Path(args.results_dir).glob("*/runs.csv"))
     if not names:
         print(f"no runs.csv under {args.results_dir}/", file=sys.stderr)
         return 1
     for name in names:
-        collect(name, args.results_dir)
-        print(f"## {name}\n{(Path(args.results_dir) / name / 'table.md').read_text()}")
+        collect(name, args.results_dir, args.metrics_from, args.runs_dir)
+        stem = f"table-{args.metrics_from}" if args.metrics_from else "table"
+        print(f"## {name}\n{(Path(args.results_dir) / name / f'{stem}.md').read_text()}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,18 @@ def test_summary_matches_numpy(tmp_path: Path) -> None:
     runs.to_csv(tmp_path / "exp" / "runs.csv", index=False)
     collect("exp", tmp_path)
     assert (tmp_path / "exp" / "table.md").exists() and (tmp_path / "exp" / "table.csv").exists()
+
+
+def test_metrics_from_a_re_evaluation(tmp_path: Path) -> None:
+    (tmp_path / "results" / "exp").mkdir(parents=True)
+    pd.DataFrame({"run": ["a", "b"], "seed": [0, 1], "test/f1": [0.1, 0.2]}).to_csv(
+        tmp_path / "results" / "exp" / "runs.csv", index=False
+    )
+    for run, f1 in (("a", 0.5), ("b", 0.7)):
+        (tmp_path / "runs" / "exp" / run / "eval-test").mkdir(parents=True)
+        (tmp_path / "runs" / "exp" / run / "eval-test" / "metrics.json").write_text(
+            json.dumps({"metrics": {"test/f1": f1, "val/x": 1.0}})
+        )
+    summary = collect("exp", tmp_path / "results", "eval-test", tmp_path / "runs")
+    assert np.isclose(summary["test/f1 mean"].iloc[0], 0.6)
+    assert (tmp_path / "results" / "exp" / "table-eval-test.md").exists()
