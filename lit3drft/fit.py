@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import shutil
 import sys
@@ -211,6 +212,12 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if metrics_file.exists() and not force:
         print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
         return json.loads(metrics_file.read_text())
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir.parent / f".{run_dir.name}.lock", "w")  # held while this process lives: one writer
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"{run_dir} is being written by another process; not starting a second one") from None
     if force and run_dir.exists():
         shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -100,3 +101,14 @@ def test_bad_key_on_the_command_line_is_named(capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert "grpo.betta" in err and "beta" in err
+
+
+def test_a_run_directory_has_one_writer(run_overrides, tmp_path) -> None:
+    cfg = _cfg(run_overrides, tmp_path, "stages=[{kind: sft, max_steps: 1}]")
+    run = fit.run_dir_of(cfg)
+    run.parent.mkdir(parents=True)
+    with open(run.parent / f".{run.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit, match="another process"):
+            fit.fit(cfg, force=True)
+    assert not run.exists()  # --force did not delete anything while another writer held the run
