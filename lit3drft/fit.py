@@ -213,11 +213,16 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
         return json.loads(metrics_file.read_text())
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir.parent / f".{run_dir.name}.lock", "w")  # held while this process lives: one writer
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"{run_dir} is being written by another process; not starting a second one") from None
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:  # one writer per run directory
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{run_dir} is being written by another process; not starting a second one") from None
+        return _fit_locked(cfg, run_dir, resume, force)
+
+
+def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool) -> dict[str, Any]:
+    metrics_file = run_dir / "metrics.json"
     if force and run_dir.exists():
         shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
