@@ -1,7 +1,8 @@
 """``python -m lit3drft.sweep EXPERIMENT.yaml [key=value ...] [--scale smoke|small|full] [--jobs N]``.
 
 Expands the config's ``sweep:`` block (cartesian product, seeds included) into runs with stable names,
-skips finished runs, resumes interrupted ones, and after each run appends one row to
+skips finished runs (a run directory with ``metrics.json``, or a row already in ``runs.csv``: delete
+the row to run the point again), resumes interrupted ones, and after each run appends one row to
 ``results/<experiment>/runs.csv`` (swept keys, final metrics, wall time, commit, device), written
 atomically and de-duplicated by run name, so a kill never loses or duplicates a row.
 
@@ -228,6 +229,11 @@ def sweep(
         cfg = load_config(path, ov)
         metrics_file = run_dir_of(cfg) / "metrics.json"
         start = time.time()
+        recorded = [r for r in read_rows(results_file(cfg, results_dir)) if r.get("run") == cfg.run_name]
+        if recorded and not metrics_file.exists():
+            # the row is the record (runs/ is not committed): a grid continues on another machine
+            print(f"[sweep] {i + 1}/{len(tasks)} {cfg.run_name}: row in runs.csv, skipped", flush=True)
+            return recorded[0]
         status = "done earlier"
         if not metrics_file.exists():
             code = run_point(path, ov, resume=True, quiet=jobs > 1)

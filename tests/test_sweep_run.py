@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 from nbclient import NotebookClient
 
 from lit3drft.collect import collect
@@ -52,3 +59,53 @@ def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert (results / "smoke_grid" / "summary.png").exists()
     assert isinstance(pd.read_csv(results / "smoke_grid" / "table.csv"), pd.DataFrame)
+
+
+def _wait_for(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    start = time.time()
+    while not ready():
+        assert proc.poll() is None, f"sweep ended (exit {proc.returncode}) before the kill point"
+        assert time.time() - start < timeout, "kill point not reached"
+        time.sleep(0.02)
+
+
+def test_a_killed_sweep_finishes_with_one_row_per_run(run_overrides, tmp_path) -> None:
+    """SIGKILL the whole sweep (it and its fit child) mid-run and again between runs; a re-run completes
+    the grid with exactly one intact row per point, each equal to its run's metrics.json."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"inherit: {ROOT / 'experiments' / 'base' / 'tiny.yaml'}\n"
+        "experiment: kill_grid\n"
+        "eval: {splits: [test]}\n"
+        "sweep:\n"
+        "  seed: [0, 1, 2]\n"
+    )
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    overrides = [*run_overrides, f"output_dir={runs}", "stages=[{kind: sft, max_steps: 3}]"]
+    cmd = [sys.executable, "-m", "lit3drft.sweep", str(grid), *overrides, "--results-dir", str(results)]
+    csv_path = results / "kill_grid" / "runs.csv"
+    kill_points = [
+        lambda: (runs / "kill_grid" / "seed=0" / "stages").exists(),  # inside the first run's training
+        lambda: len(read_rows(csv_path)) >= 1,  # just after a row was written
+        lambda: (runs / "kill_grid" / "seed=2" / "metrics.json").exists(),  # run done, its row maybe not
+    ]
+    for ready in kill_points:
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL)
+        try:
+            _wait_for(proc, ready)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode == 0
+    rows = read_rows(csv_path)
+    assert sorted(r["run"] for r in rows) == ["seed=0", "seed=1", "seed=2"]
+    for row in rows:
+        metrics = json.loads((runs / "kill_grid" / row["run"] / "metrics.json").read_text())["metrics"]
+        assert float(row["test/format_rate"]) == pytest.approx(metrics["test/format_rate"])
+    pd.read_csv(csv_path)  # parses
+
+    # the rows are the record: with the run directories gone (another machine), nothing re-runs
+    shutil.rmtree(runs)
+    again = sweep(str(grid), overrides, results_dir=results)
+    assert sorted(r["run"] for r in again) == ["seed=0", "seed=1", "seed=2"] and not runs.exists()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -122,9 +124,41 @@ class PolicyModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable weights (LoRA adapters, geometry prior, or everything under full FT)."""
+        """Keep only trainable weights (LoRA adapters, geometry prior, or everything under full FT), and
+        the random generators' states (GRPO sampling draws from them), which Lightning does not keep."""
         trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint[RNG_KEY] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            set_rng_states(checkpoint[RNG_KEY])
+
+
+RNG_KEY = "lit3drft_rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and python ``random`` states of this process."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # tensors, ints and tuples only: Lightning loads checkpoints with ``weights_only=True``
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _jsonable(obj: Any) -> Any:
