@@ -291,6 +291,36 @@ def _is_optional(tp: Any) -> bool:
     return type(None) in typing.get_args(tp)
 
 
+def check_paths(cfg: RunConfig) -> None:
+    """Fail before any work when ``init_from`` or ``model.pretrained`` (with ``model.preset: ''``) points nowhere.
+
+    Not part of ``load_config``: grids and ``--print-config`` load configs whose ``init_from`` run is made later.
+
+    Example:
+        >>> check_paths(load_config(None, ["init_from=runs/no/such/run"]))
+        Traceback (most recent call last):
+        ...
+        lit3drft.config.ConfigError: init_from: runs/no/such/run does not exist (a run directory, trainable.pt or .ckpt)
+    """
+    if cfg.init_from:
+        path = Path(cfg.init_from).expanduser()
+        if not path.exists():
+            raise ConfigError(f"init_from: {cfg.init_from} does not exist (a run directory, trainable.pt or .ckpt)")
+        if path.is_dir() and not any((path / "stages").glob("*/trainable.pt")):
+            raise ConfigError(
+                f"init_from: {cfg.init_from} is a directory without a finished stage (stages/*/trainable.pt)"
+            )
+    if not cfg.model.preset:
+        path = Path(cfg.model.pretrained).expanduser()
+        if not cfg.model.pretrained:
+            raise ConfigError("model.pretrained is empty and model.preset is '': set one of them")
+        if not (path / "config.json").is_file():
+            what = "has no config.json" if path.is_dir() else "does not exist"
+            raise ConfigError(
+                f"model.pretrained: {cfg.model.pretrained} {what} (a local Hugging Face checkpoint directory)"
+            )
+
+
 # ------------------------------------------------------------------------------------- saving, docs
 
 

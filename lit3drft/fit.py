@@ -26,7 +26,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lit3drft import sweep
-from lit3drft.config import ConfigError, RunConfig, StageConfig, describe, load_config, run_dir_of, to_yaml
+from lit3drft.config import (
+    ConfigError,
+    RunConfig,
+    StageConfig,
+    check_paths,
+    describe,
+    load_config,
+    run_dir_of,
+    to_yaml,
+)
 from lit3drft.data.datamodule import LitDataModule
 from lit3drft.models import build_policy
 from lit3drft.modules.base import PolicyModule
@@ -209,6 +218,7 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     """Run ``cfg`` end to end and return what ``metrics.json`` holds."""
     run_dir = run_dir_of(cfg)
     metrics_file = run_dir / "metrics.json"
+    check_paths(cfg)  # a missing init_from / model.pretrained fails here, naming the key, before any work
     if metrics_file.exists() and not force:
         print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
         return json.loads(metrics_file.read_text())
@@ -281,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg))
         return 0
-    fit(cfg, resume=args.resume, force=args.force)
+    try:
+        fit(cfg, resume=args.resume, force=args.force)
+    except ConfigError as err:  # raised before any work: bad paths, unknown sources, bad eval splits
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

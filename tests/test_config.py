@@ -118,3 +118,53 @@ def test_list_items_and_free_form_keys_on_the_command_line() -> None:
     assert cfg.stages[1].lr == 0.5 and cfg.sweep == {"seed": [0, 1]}
     with pytest.raises(ConfigError, match="no item '2'"):
         load_config(None, ["stages=[{kind: sft}]", "stages.2.lr=1"])
+
+
+# ------------------------------------------------------------------ bad input, named (issue 9, part 3)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.sources.0.task=captioning",
+            r"'data\.sources\[0\]\.task': Invalid value 'captioning', expected one of \['detection', 'grounding'",
+        ),
+        ("data.tasks=[detection,captioning]", r"data\.tasks: unknown tasks \['captioning'\]; valid: detection"),
+        (
+            "data.on_bad_sample=ignore",
+            r"'data\.on_bad_sample': Invalid value 'ignore', expected one of \['error', 'skip'\]",
+        ),
+        ("reward.matching=best", r"matching.*\['greedy', 'hungarian'\]"),
+        ("reward.task_weight=.nan", r"task_weight must be finite and >= 0, got nan"),
+    ],
+)
+def test_unknown_task_mode_or_reward_option_names_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_checkpoints_fail_at_start_naming_key_and_path(tmp_path: Path) -> None:
+    from lit3drft.config import check_paths
+    from lit3drft.models.build import resolve_checkpoint
+
+    missing = tmp_path / "nowhere"
+    cfg = load_config(None, [f"init_from={missing}"])  # loading alone is fine: a grid may make the run later
+    with pytest.raises(ConfigError, match=rf"init_from: {missing} does not exist"):
+        check_paths(cfg)
+    with pytest.raises(ConfigError, match=rf"init_from: {tmp_path} is a directory without a finished stage"):
+        check_paths(load_config(None, [f"init_from={tmp_path}"]))
+    (tmp_path / "stages" / "0-sft").mkdir(parents=True)
+    (tmp_path / "stages" / "0-sft" / "trainable.pt").write_bytes(b"")
+    check_paths(load_config(None, [f"init_from={tmp_path}"]))
+    check_paths(load_config(None, [f"init_from={tmp_path}/stages/0-sft/trainable.pt"]))
+
+    for path, what in ((missing, "does not exist"), (tmp_path, "has no config.json")):
+        cfg = load_config(None, ["model.preset=''", f"model.pretrained={path}"])
+        with pytest.raises(ConfigError, match=rf"model\.pretrained: {path} {what}"):
+            check_paths(cfg)
+        with pytest.raises(FileNotFoundError, match=rf"model\.pretrained='{path}' {what}"):
+            resolve_checkpoint(cfg.model)
+    with pytest.raises(ConfigError, match="model.pretrained is empty and model.preset is ''"):
+        check_paths(load_config(None, ["model.preset=''"]))
+    check_paths(load_config(None, []))  # the tiny preset needs no files

@@ -112,3 +112,10 @@ def test_a_run_directory_has_one_writer(run_overrides, tmp_path) -> None:
         with pytest.raises(SystemExit, match="another process"):
             fit.fit(cfg, force=True)
     assert not run.exists()  # --force did not delete anything while another writer held the run
+
+
+def test_missing_init_from_fails_before_any_work(run_overrides, tmp_path, capsys) -> None:
+    code = fit.main([str(ROOT / "experiments" / "sft_tiny.yaml"), *run_overrides, f"output_dir={tmp_path}",
+                     f"init_from={tmp_path / 'no_such_run'}"])  # fmt: skip
+    assert code != 0
+    assert "init_from" in capsys.readouterr().err and not (tmp_path / "sft_tiny").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,10 +126,18 @@ class DataConfig:
     seed: int = 0
     """Offset of the data seed: shuffling and subsetting use `seed + run seed`, so a seed sweep varies the data order."""
     on_bad_sample: OnBadSample = "error"
-    """Bad rows (missing file, undecodable video, wrong box length, unknown task): `error` raises naming file and
-    row; `skip` drops the row, counts it and logs a warning."""
+    """Bad rows (malformed row, missing key, wrong box length or NaN, missing or undecodable frame or video): `error`
+    raises naming the file, the row (and line) and the key; `skip` drops the row, counts it and logs a warning with
+    the count and the first reasons. A file that cannot be read, has no rows or only bad rows, and an empty split,
+    are errors either way."""
     load_depth: bool = False
     """Load per-frame depth maps into `Sample.depth` when the rows have them (forced on by `model.geometry: depth`)."""
     detection_classes: list[str] = field(default_factory=list)
     """Class list of the detection metric (mean F1 over it); empty means the embedded benchmark's categories.
     Real ScanNet data: set VG-LLM's class list (see `experiments/real/`)."""
+
+    def __post_init__(self) -> None:
+        valid = typing.get_args(Task)
+        unknown = [t for t in self.tasks if t not in valid]
+        if unknown:
+            raise ValueError(f"data.tasks: unknown tasks {unknown}; valid: {', '.join(valid)}")

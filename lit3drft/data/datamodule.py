@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit3drft.data.config import DataConfig, SourceConfig
 from lit3drft.data.prompts import CATEGORIES
@@ -52,7 +53,7 @@ class SampleDataset(Dataset):
                 if self.cfg.on_bad_sample != "skip":
                     raise
                 self.skipped.add(e)  # undecodable media: log, count, and serve the next sample
-        raise BadSampleError("every sample of the split is bad")
+        raise BadSampleError(f"every sample of the split is bad ({self.skipped.summary()})")
 
 
 def media_root(cfg: DataConfig, src: SourceConfig) -> Path:
@@ -67,6 +68,16 @@ def source_path(cfg: DataConfig, src: SourceConfig, split: str) -> Path | None:
     if "{split}" not in src.path and src.split != split:
         return None
     return Path(cfg.root) / src.path.format(split=split)
+
+
+def empty_split(cfg: DataConfig, sources: dict[str, SourceConfig], split: str) -> None:
+    """An empty train split is an error, an empty val/test split a warning; both name the files and the filter."""
+    files = [str(p) for s in sources.values() if (p := source_path(cfg, s, split)) is not None]
+    msg = (f"the {split} split is empty: files read: {', '.join(files) or 'none'} (data.tasks={cfg.tasks}, "
+           f"sources: {', '.join(sources) or 'none'} of {[s.name for s in cfg.sources]})")  # fmt: skip
+    if split == "train":
+        raise BadSampleError(msg)
+    log.warning(msg)
 
 
 def collate_samples(samples: list[Sample], collate_fn: Callable[[list[Sample]], dict] | None = None) -> dict[str, Any]:
@@ -156,12 +167,17 @@ class LitDataModule(L.LightningDataModule):
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
             if split not in self.datasets:
                 self.datasets[split] = SampleDataset(self.split_entries(split), self.cfg, self.sources)
+                if not self.datasets[split].entries:
+                    empty_split(self.cfg, self.sources, split)
         if self.skipped.count:
-            log.warning("skipped %d bad rows while reading (first: %s)", self.skipped.count, self.skipped.reasons[0])
+            log.warning("while reading rows: %s", self.skipped.summary())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The training loader is stateful (torchdata): its position and shuffling generator travel in
+        Lightning's checkpoint, so ``--resume`` continues mid-epoch with the very next batch."""
         g = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(
+        loader_cls = StatefulDataLoader if split == "train" else DataLoader
+        return loader_cls(
             self.datasets[split], batch_size=self.cfg.batch_size if split == "train" else self.cfg.eval_batch_size,
             shuffle=shuffle, generator=g, num_workers=self.cfg.num_workers,
             collate_fn=functools.partial(collate_samples, collate_fn=self.collate_fn),

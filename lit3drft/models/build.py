@@ -33,9 +33,10 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
     if cfg.preset:
         raise ValueError(f"unknown model.preset {cfg.preset!r}; valid choices: tiny, '' (use model.pretrained)")
     path = Path(cfg.pretrained).expanduser()
-    if not cfg.pretrained or not (path / "config.json").exists():
+    if not cfg.pretrained or not (path / "config.json").is_file():
+        what = "is empty" if not cfg.pretrained else "has no config.json" if path.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"model.pretrained={cfg.pretrained!r} is not a local Hugging Face checkpoint (no config.json). Nothing is "
+            f"model.pretrained={cfg.pretrained!r} {what}: not a local Hugging Face checkpoint. Nothing is "
             "downloaded at run time: fetch one beforehand, e.g. `huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct "
             "--local-dir checkpoints/Qwen2.5-VL-3B-Instruct` (model, tokenizer and preprocessor files), and set "
             "model.pretrained to that directory; or use model.preset=tiny."

@@ -7,6 +7,7 @@ the numbers a run reports are computed by the same parsing and IoU code the GRPO
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lit3drft.config import EvalConfig, StageConfig
 from lit3drft.rewards import RewardConfig, TaskMetrics, parse_answer, score_completions
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -54,8 +57,28 @@ class PolicyModule(L.LightningModule):
         self.test_metrics = TaskMetrics(reward_cfg, detection_classes=detection_classes)
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.predictions: list[dict[str, Any]] = []
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite gradient
 
     # ------------------------------------------------------------------ optimiser
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A NaN or inf anywhere in the gradient (a NaN/inf loss, a corrupt input) skips the step.
+
+        The gradients are dropped (``grad = None``), so AdamW leaves those weights, their moments and their
+        step counts untouched; the scheduler still advances. Counted in ``train/skipped_steps`` and warned.
+        Runs after backward and before clipping and ``optimizer.step`` under automatic (SFT) and manual
+        (GRPO) optimisation alike; under DDP the gradients are already all-reduced, so every rank agrees.
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped_steps += 1
+        log.warning("step %d: non-finite gradient, optimiser step skipped (%d so far)",
+                    self.global_step, self.skipped_steps)  # fmt: skip
+        self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
 
@@ -140,7 +163,7 @@ RNG_KEY = "lit3drft_rng_states"
 
 def rng_states() -> dict[str, Any]:
     """torch (CPU and every CUDA device), numpy and python ``random`` states of this process."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the legacy global state)
     # tensors, ints and tuples only: Lightning loads checkpoints with ``weights_only=True``
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -155,7 +178,7 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])

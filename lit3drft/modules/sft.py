@@ -19,6 +19,7 @@ class SFTModule(PolicyModule):
         logits = self.policy(inputs).logits  # (B, T, V)
         loss = answer_only_cross_entropy(logits, labels)
         n_tokens = (labels[:, 1:] != -100).sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
+        if torch.isfinite(loss):  # a non-finite loss skips the step (PolicyModule.on_before_optimizer_step)
+            self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         self.log("train/answer_tokens", n_tokens.float(), batch_size=labels.shape[0])
         return loss

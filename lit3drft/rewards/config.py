@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -39,8 +40,8 @@ class RewardConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"RewardConfig.{f.name}={value!r} is not valid; choose one of {list(choices)}")
-            if not choices and isinstance(value, (int, float)) and value < 0:
-                raise ValueError(f"RewardConfig.{f.name} must be >= 0, got {value}")
+            if not choices and isinstance(value, (int, float)) and not 0 <= value < math.inf:
+                raise ValueError(f"RewardConfig.{f.name} must be finite and >= 0, got {value}")
         if self.grounding_frame_tolerance <= 0:
             raise ValueError(
                 f"RewardConfig.grounding_frame_tolerance must be > 0, got {self.grounding_frame_tolerance}"
@@ -48,7 +49,7 @@ class RewardConfig:
 
     def options(self, reward: str) -> dict[str, object]:
         """Keyword options of one registered reward, as its function takes them."""
-        return {
+        options = {
             "format": {},
             "detection": {
                 "iou_weight": self.detection_iou_weight,
@@ -62,4 +63,7 @@ class RewardConfig:
                 "iou_weight": self.grounding_iou_weight,
             },
             "spatial": {"numeric": self.spatial_numeric},
-        }.get(reward, {})
+        }
+        if reward not in options:
+            raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(options)}")
+        return options[reward]

@@ -18,25 +18,37 @@ def _parse_all(completions: list[str]) -> list[list[tuple[str, list[float]]] | N
 
 
 def _iou_blocks(preds: list, targets: list[dict[str, Any]]) -> list[Tensor | None]:
-    """One ``(n_pred, n_gt)`` IoU matrix per sample, all pairs in a single batched ``box3d_iou`` call."""
-    blocks, pa, pb, spans = [], [], [], []
+    """One ``(n_pred, n_gt)`` IoU matrix per sample, all same-label pairs in a single batched ``box3d_iou`` call.
+
+    Pairs of different labels are never matched or averaged, so they are left at 0 without computing them.
+    """
+    pa, pb, spans = [], [], []
     for pred, target in zip(preds, targets):
         gt = target.get("boxes") or []
         if pred is None or not pred or not gt:
             spans.append(None)
             continue
-        n, m = len(pred), len(gt)
-        spans.append((sum(len(x) for x in pa), n, m))
-        boxes = [b for _, b in pred]
-        pa.append([boxes[i] for i in range(n) for _ in range(m)])
-        pb.append([list(gt[j]) for _ in range(n) for j in range(m)])
+        gt_labels = [str(x).strip().lower() for x in target.get("labels") or []]
+        pairs = [(i, j) for i, (label, _) in enumerate(pred) for j, g in enumerate(gt_labels[: len(gt)]) if g == label]
+        spans.append((len(pa), len(pred), len(gt), pairs))
+        pa += [pred[i][1] for i, _ in pairs]
+        pb += [list(gt[j]) for _, j in pairs]
     flat = box3d_iou(
-        torch.tensor([b for x in pa for b in x], dtype=torch.float64).reshape(-1, 9),
-        torch.tensor([b for x in pb for b in x], dtype=torch.float64).reshape(-1, 9),
+        torch.tensor(pa, dtype=torch.float64).reshape(-1, 9),
+        torch.tensor(pb, dtype=torch.float64).reshape(-1, 9),
         paired=True,
     )
+    blocks: list[Tensor | None] = []
     for span in spans:
-        blocks.append(None if span is None else flat[span[0] : span[0] + span[1] * span[2]].view(span[1], span[2]))
+        if span is None:
+            blocks.append(None)
+            continue
+        start, n, m, pairs = span
+        block = torch.zeros(n, m, dtype=flat.dtype)
+        if pairs:
+            rows, cols = torch.tensor(pairs).T
+            block[rows, cols] = flat[start : start + len(pairs)]
+        blocks.append(block)
     return blocks
 
 
@@ -86,7 +98,8 @@ def detection_reward(
 
     Mean IoU: each predicted box against its best same-label ground-truth box, averaged over predictions.
     F1 = 2TP / (2TP + FP + FN) with ``matching`` at ``iou_threshold`` (VG-LLM: greedy, IoU > 0.25). An empty
-    prediction for an empty scene scores 1 on both; unparseable answers score 0.
+    prediction for an empty scene scores 1 on both; unparseable answers score 0. So the reward is finite and in
+    ``[0, iou_weight + f1_weight]`` for any text.
 
     Example:
         >>> t = [{"boxes": [[0, 0, 1, 1, 1, 1, 0, 0, 0]], "labels": ["bed"]}]

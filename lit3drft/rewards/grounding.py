@@ -47,7 +47,8 @@ def grounding_scores(completions: list[str], targets: list[dict[str, Any]], fram
             gt_frame = int(target["frame"])
         except (KeyError, TypeError, ValueError):
             continue
-        frame_score[i] = max(0.0, 1.0 - abs(frame - gt_frame) / frame_tolerance)
+        gap = abs(frame - gt_frame)  # exact int: a frame like 10**400 must not overflow a float division
+        frame_score[i] = 0.0 if gap >= frame_tolerance else 1.0 - gap / frame_tolerance
         p, g = _to_world(box, frame, target), _to_world(list(target["bbox_3d"]), gt_frame, target)
         if p is not None and g is not None:
             pred_w.append(p)
@@ -68,6 +69,9 @@ def grounding_reward(
     **_: Any,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Grounding reward ``frame_weight · max(0, 1 - |f - f*| / tol) + iou_weight · IoU`` (IoU in world frame).
+
+    Both parts are in [0, 1] (unparseable answers score 0), so the reward is finite and in
+    ``[0, frame_weight + iou_weight]`` for any text.
 
     Example:
         >>> eye = torch.eye(4).tolist()

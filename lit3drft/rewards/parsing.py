@@ -1,7 +1,9 @@
 """Answer parsing: ``<think>``/``<answer>`` extraction and tolerant JSON, never ``eval``.
 
 Model output is untrusted text. Everything here is linear-time regex or ``json.loads`` on bounded input and
-returns ``None`` when the text cannot be read, so rewards can score garbage as 0 without exceptions.
+returns ``None`` when the text cannot be read, so rewards can score garbage as 0 without exceptions. Tags are
+found by one scan for ``<answer>`` / ``</answer>`` (not a lazy ``<answer>(.*?)</answer>``, which is quadratic on
+many unclosed openers); numbers must be finite floats (JSON integers too large for a float are rejected).
 """
 
 from __future__ import annotations
@@ -13,13 +15,30 @@ from typing import Any
 
 MAX_CHARS = 200_000
 """Longer completions are cut to this many characters before parsing (bounds the time on huge input)."""
+MAX_DETECTIONS = 128
+"""A detection answer with more boxes than this is not a valid answer (bounds the IoU matching time)."""
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_THINK = re.compile(r"<think>(.*?)</think>", re.S | re.I)
+_ANSWER = re.compile(r"<(/?)answer>", re.I)
+_THINK = re.compile(r"<(/?)think>", re.I)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTER = re.compile(r"^\s*\(?([A-Da-d])(?:[\s).:,]|$)")
+
+
+def _tag_spans(tag: re.Pattern, text: str) -> list[tuple[int, int, int, int]]:
+    """``(open start, body start, body end, close end)`` of each ``<tag>...</tag>``, as ``tag.findall`` with the
+    lazy ``<tag>(.*?)</tag>`` would pair them (the first opener, up to the first closer after it), in linear time.
+    """
+    spans, start = [], None
+    for m in tag.finditer(text):
+        if not m.group(1):
+            if start is None:
+                start = m
+        elif start is not None:
+            spans.append((start.start(), start.end(), m.start(), m.end()))
+            start = None
+    return spans
 
 
 def extract_answer(text: str) -> str | None:
@@ -33,8 +52,9 @@ def extract_answer(text: str) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    found = _ANSWER.findall(text[:MAX_CHARS])
-    return found[-1].strip() if found else None
+    text = text[:MAX_CHARS]
+    found = _tag_spans(_ANSWER, text)
+    return text[found[-1][1] : found[-1][2]].strip() if found else None
 
 
 def extract_think(text: str) -> str | None:
@@ -46,8 +66,9 @@ def extract_think(text: str) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    found = _THINK.search(text[:MAX_CHARS])
-    return found.group(1).strip() if found else None
+    text = text[:MAX_CHARS]
+    found = _tag_spans(_THINK, text)
+    return text[found[0][1] : found[0][2]].strip() if found else None
 
 
 def has_format(text: str, require_think: bool) -> bool:
@@ -62,13 +83,13 @@ def has_format(text: str, require_think: bool) -> bool:
     if not isinstance(text, str):
         return False
     text = text[:MAX_CHARS]
-    answers = list(_ANSWER.finditer(text))
+    answers = _tag_spans(_ANSWER, text)
     if len(answers) != 1 or text.lower().count("<answer>") != 1:
         return False
     if not require_think:
         return True
-    think = _THINK.search(text)
-    return think is not None and think.end() <= answers[0].start()
+    think = _tag_spans(_THINK, text)
+    return bool(think) and think[0][3] <= answers[0][0]
 
 
 def _loads(text: str) -> Any:
@@ -102,23 +123,37 @@ def parse_json(text: str | None) -> Any:
     # one JSON object per line, as VG-LLM prints detections
     lines = [ln.strip().rstrip(",") for ln in text.splitlines() if ln.strip() and ln.strip() not in "[]"]
     if len(lines) > 1:
-        items = [_loads(_TRAILING_COMMA.sub(r"\1", ln)) for ln in lines]
-        if all(isinstance(i, dict) for i in items):
-            return items
+        items = []
+        for ln in lines:  # stops at the first line that is not an object
+            items.append(_loads(_TRAILING_COMMA.sub(r"\1", ln)))
+            if not isinstance(items[-1], dict):
+                return None
+        return items
     return None
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float; ``None`` for bools, non-numbers, NaN, inf and integers too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _box(value: Any) -> list[float] | None:
     """9 finite numbers (bools excluded), else ``None``."""
     if not isinstance(value, (list, tuple)) or len(value) != 9:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
-        return None
-    return [float(v) for v in value]
+    box = [_finite(v) for v in value]
+    return None if None in box else box
 
 
 def parse_detections(text: str | None) -> list[tuple[str, list[float]]] | None:
-    """Detection answer -> ``[(label, 9 floats), ...]``; ``None`` when it is not a list of valid entries.
+    """Detection answer -> ``[(label, 9 floats), ...]``; ``None`` when it is not a list of valid entries
+    (or has more than ``MAX_DETECTIONS`` of them).
 
     Example:
         >>> parse_detections('[{"label": "chair", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]')
@@ -127,7 +162,7 @@ def parse_detections(text: str | None) -> list[tuple[str, list[float]]] | None:
     value = parse_json(text)
     if isinstance(value, dict):
         value = [value]
-    if not isinstance(value, list):
+    if not isinstance(value, list) or len(value) > MAX_DETECTIONS:
         return None
     out = []
     for item in value:

@@ -50,7 +50,10 @@ class RewardOutput:
 def score_completions(completions: list[str], targets: list[dict[str, Any]], cfg: RewardConfig) -> RewardOutput:
     """``total = format_weight · format + task_weight · task`` per completion, routed by ``target["task"]``.
 
-    Components are zero outside their mask (e.g. ``detection/f1`` only applies to detection samples).
+    Components are zero outside their mask (e.g. ``detection/f1`` only applies to detection samples). For any
+    text ``total`` is finite and in ``[0, format_weight + task_weight · r_max]``, ``r_max`` the task reward's
+    maximum (detection ``detection_iou_weight + detection_f1_weight``, grounding ``grounding_frame_weight +
+    grounding_iou_weight``, spatial 1); format is 0 or 1.
 
     Example:
         >>> out = score_completions(

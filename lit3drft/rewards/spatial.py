@@ -95,7 +95,9 @@ def spatial_scores(
             except (TypeError, ValueError):
                 continue
             if value is not None and math.isfinite(gt) and gt != 0:
-                scores[i] = float(score_fn(torch.tensor(value), torch.tensor(gt)))
+                # float64: in float32 a finite 1e39 would become inf and a ground truth of 1e-50 zero
+                t64 = torch.float64
+                scores[i] = float(score_fn(torch.tensor(value, dtype=t64), torch.tensor(gt, dtype=t64)))
     return scores
 
 

@@ -20,7 +20,7 @@ class TaskMetrics(nn.Module):
 
     ``compute()`` returns ``detection/{precision,recall,f1}``, ``detection/f1/<class>``,
     ``grounding/{acc@0.25,acc@0.5,miou}``, ``spatial/overall``, ``spatial/<question_type>`` and
-    ``format_rate`` (all ×100), for the tasks seen since the last ``reset``. Each part is a torchmetrics
+    ``format_rate`` (all ×100, in [0, 100] whatever the completions), for the tasks seen since the last ``reset``. Each part is a torchmetrics
     ``Metric`` (sum-reduced state), so it syncs across processes.
 
     Example:

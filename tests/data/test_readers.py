@@ -86,7 +86,7 @@ def test_bad_vgllm_rows_name_file_and_row(bench, tmp_path, break_row, message):
     good, bad = first_row(root, "detection_4f"), first_row(root, "detection_4f")
     break_row(bad)
     path = write_jsonl(tmp_path / "d.jsonl", [good, bad])
-    with pytest.raises(BadSampleError, match=rf"d\.jsonl:1: .*{message}"):
+    with pytest.raises(BadSampleError, match=rf"d\.jsonl:1 \(line 2\): .*{message}"):
         read_records(path, "detection", "vgllm", "src", root)
     skipped = SkipCounter()
     recs = read_records(path, "detection", "vgllm", "src", root, on_bad_sample="skip", skipped=skipped)
@@ -97,7 +97,7 @@ def test_unknown_task_and_question_type(bench, tmp_path):
     root, _ = bench
     row = first_row(root, "vsibench")
     path = write_jsonl(tmp_path / "v.jsonl", [dict(row, question_type="teleportation")])
-    with pytest.raises(BadSampleError, match=r"v\.jsonl:0: unknown question_type 'teleportation'"):
+    with pytest.raises(BadSampleError, match=r"v\.jsonl:0 \(line 1\): unknown question_type 'teleportation'"):
         read_records(path, "spatial", "vsibench", "v", root / "videos")
     with pytest.raises(BadSampleError, match="unknown task 'captioning'"):
         read_records(path, "captioning", "vsibench", "v", root / "videos")
@@ -117,5 +117,5 @@ def test_vsibench_parquet_and_undecodable_video(bench, tmp_path):
     with pytest.raises(BadSampleError, match="broken.*cannot decode video"):
         load_sample(recs[1], "da", tmp_path)
     missing = write_jsonl(tmp_path / "m.jsonl", [dict(row, scene_name="nowhere")])
-    with pytest.raises(BadSampleError, match=r"m\.jsonl:0: missing video"):
+    with pytest.raises(BadSampleError, match=r"m\.jsonl:0 \(line 1\): missing video"):
         read_records(missing, "spatial", "vsibench", "v", tmp_path / "videos")
