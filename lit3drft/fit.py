@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import fcntl
 import json
+import os
 import shutil
 import sys
 import time
@@ -205,8 +206,10 @@ def evaluate_splits(cfg: RunConfig, policy: Any, module: PolicyModule, run_dir: 
             results = trainer.validate(module, datamodule=dm, verbose=False)
         elif split == "test":
             results = trainer.test(module, datamodule=dm, verbose=False)
-            if cfg.eval.write_predictions and trainer.is_global_zero:
-                module.write_predictions(run_dir / "predictions.jsonl")
+            if cfg.eval.write_predictions:
+                module.gather_predictions()  # every rank's share (a collective under DDP)
+                if trainer.is_global_zero:
+                    module.write_predictions(run_dir / "predictions.jsonl")
         else:
             raise ConfigError(f"bad value {split!r} in 'eval.splits'; valid choices: val, test")
         for row in results:
@@ -222,6 +225,10 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
     if metrics_file.exists() and not force:
         print(f"[lit3drft] {run_dir} is finished (metrics.json exists): nothing to do")
         return json.loads(metrics_file.read_text())
+    if launched_rank() != 0:
+        # a DDP worker process that Lightning (or torchrun/SLURM) started for this run: rank 0 holds the lock,
+        # owns the run directory and writes metrics.json; this process only trains and evaluates its share
+        return _fit_locked(cfg, run_dir, resume=True, force=False, leader=False)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:  # one writer per run directory
         try:
@@ -231,14 +238,26 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False) -> dict[str, 
         return _fit_locked(cfg, run_dir, resume, force)
 
 
-def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool) -> dict[str, Any]:
+def launched_rank() -> int:
+    """0 in the process a user started; non-zero in the extra ranks a launcher started (Lightning's DDP
+    launcher sets ``LOCAL_RANK``/``NODE_RANK`` in the children it starts; torchrun ``RANK``; SLURM ``SLURM_PROCID``)."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("NODE_RANK", 0) or 0) + int(env.get("LOCAL_RANK", 0) or 0)
+
+
+def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader: bool = True) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise SystemExit(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if leader:
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
+        if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+            raise SystemExit(f"{run_dir} holds an unfinished run: pass --resume to continue it or --force to restart")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     policy = build_policy(cfg.model)
@@ -255,6 +274,8 @@ def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool) -> dic
         "experiment": cfg.experiment,
         "run_name": cfg.run_name or "run",
     }
+    if not leader:
+        return payload
     write_json_atomic(metrics_file, payload)
     print(format_metrics(metrics))
     print(f"[lit3drft] wrote {metrics_file} ({payload['wall_time_s']:.0f} s)")

@@ -13,8 +13,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit3drft.data.config import DataConfig, SourceConfig
@@ -173,16 +172,27 @@ class LitDataModule(L.LightningDataModule):
             log.warning("while reading rows: %s", self.skipped.summary())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        """The training loader is stateful (torchdata): its position and shuffling generator travel in
-        Lightning's checkpoint, so ``--resume`` continues mid-epoch with the very next batch."""
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        loader_cls = StatefulDataLoader if split == "train" else DataLoader
-        return loader_cls(
-            self.datasets[split], batch_size=self.cfg.batch_size if split == "train" else self.cfg.eval_batch_size,
-            shuffle=shuffle, generator=g, num_workers=self.cfg.num_workers,
+        """The training loader is stateful (torchdata): its position travels in Lightning's checkpoint, so
+        ``--resume`` continues mid-epoch with the very next batch.
+
+        Training order: a ``DistributedSampler`` seeded with ``data.seed + seed`` (epoch ``e`` is the permutation
+        of seed ``+ e``), built here for the trainer's world size, so that rank ``r`` of ``W`` gets rows
+        ``r, r + W, ...`` of the same permutation one process would use: ``W`` ranks with batch ``b`` see exactly
+        the global batches of one process with batch ``W * b``. Lightning keeps a loader's own distributed
+        sampler and calls ``set_epoch`` on it. Evaluation loaders keep the file order (Lightning shards them).
+        """
+        dataset = self.datasets[split]
+        common = dict(
+            num_workers=self.cfg.num_workers,
             collate_fn=functools.partial(collate_samples, collate_fn=self.collate_fn),
             persistent_workers=self.cfg.num_workers > 0,
-        )  # fmt: skip
+        )
+        if not shuffle:
+            return DataLoader(dataset, batch_size=self.cfg.eval_batch_size, shuffle=False, **common)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.cfg.seed)
+        return StatefulDataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -6,6 +6,7 @@ the numbers a run reports are computed by the same parsing and IoU code the GRPO
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit3drft.config import EvalConfig, StageConfig
@@ -138,6 +140,21 @@ class PolicyModule(L.LightningModule):
         values = metrics.compute()
         self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=False)
         metrics.reset()
+
+    def gather_predictions(self) -> None:
+        """Under DDP, give every rank all ranks' prediction rows in dataset order (Lightning's distributed
+        sampler deals rows ``r, r + W, ...`` to rank ``r`` and pads with repeats, which are dropped by id)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        shares: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, self.predictions)
+        rows, ids = [], set()
+        for group in itertools.zip_longest(*shares):
+            for row in group:
+                if row is not None and row["id"] not in ids:
+                    ids.add(row["id"])
+                    rows.append(row)
+        self.predictions = rows
 
     def write_predictions(self, path: Path) -> None:
         """Write the last test pass's per-sample rows (``predictions.jsonl``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lit3drft.rewards.config import RewardConfig
@@ -53,12 +54,22 @@ class TaskMetrics(nn.Module):
             self.format_rate.update(completions, targets)
 
     def compute(self) -> dict[str, Tensor]:
+        """Metrics of the tasks seen on *any* process (every rank then syncs the same Metrics, no deadlock)."""
+        seen = self.seen_anywhere()
         out: dict[str, Tensor] = {}
         for task in TASKS:
-            if task in self.seen:
+            if task in seen:
                 out.update({f"{task}/{k}": v for k, v in getattr(self, task).compute().items()})
-        out["format_rate"] = self.format_rate.compute() if self.seen else torch.tensor(0.0)
+        out["format_rate"] = self.format_rate.compute() if seen else torch.tensor(0.0)
         return out
+
+    def seen_anywhere(self) -> set[str]:
+        """``seen`` united over the processes of a running ``torch.distributed`` group (DDP ranks)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return set(self.seen)
+        flags = torch.tensor([task in self.seen for task in TASKS], dtype=torch.int32, device=self.format_rate.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return {task for task, flag in zip(TASKS, flags.tolist()) if flag}
 
     def reset(self) -> None:
         for metric in (self.detection, self.grounding, self.spatial, self.format_rate):
