@@ -136,7 +136,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, name: str, stage: StageConfig |
         ]
         loggers = [
             TensorBoardLogger(save_dir=run_dir, name="tb", version=name, default_hp_metric=False),
-            CSVLogger(save_dir=run_dir, name="csv", version=name),
+            # flushed at every logging step: a killed run loses no logged row (Lightning's default is 100 steps)
+            CSVLogger(save_dir=run_dir, name="csv", version=name, flush_logs_every_n_steps=t.log_every_n_steps),
         ]
         kwargs = dict(
             max_steps=stage.max_steps,

@@ -8,6 +8,7 @@ generators GRPO samples completions from (``PolicyModule.on_save_checkpoint``).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -51,6 +52,13 @@ def _kill_after_checkpoint(cmd: list[str], ckpt: Path, done: Path, timeout: floa
     assert not done.exists(), f"the kill came too late: {done} was already written (test is vacuous)"
 
 
+def _step_log(path: Path) -> dict[int, dict[str, float]]:
+    """Last logged training row per step of a CSVLogger file (a resumed process re-logs the steps after the
+    checkpoint that the killed one had already logged)."""
+    rows = [r for r in csv.DictReader(path.open()) if r.get("train/entropy")]
+    return {int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("train/") and v} for r in rows}
+
+
 @pytest.mark.timeout(600)
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(run_overrides, tmp_path) -> None:
     reference = fit.fit(load_config(EXPERIMENT, _overrides(run_overrides, tmp_path / "a")))
@@ -69,6 +77,14 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(run_overrides, tmp_p
         assert a.keys() == b.keys()
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
         assert worst <= 1e-6, f"{stage}: weights differ after resume by up to {worst}"
+    # the sampled completions after the resume are the same ones (RNG states restored): per-step statistics
+    # of the rollouts (entropy of the sampled tokens, lengths) equal the uninterrupted run's
+    ref_log = _step_log(tmp_path / "a" / "sft_tiny" / "run" / "csv" / "1-grpo" / "metrics.csv")
+    res_log = _step_log(run / "csv" / "1-grpo" / "metrics.csv")
+    assert res_log, "the resumed GRPO stage logged no step"
+    for step, row in res_log.items():
+        for key in ("train/entropy", "train/completion_length", "train/loss"):
+            assert row[key] == pytest.approx(ref_log[step][key], abs=1e-6), (step, key)
     resumed = json.loads((run / "metrics.json").read_text())["metrics"]
     assert resumed.keys() == reference["metrics"].keys()
     for key, value in reference["metrics"].items():

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -192,7 +193,11 @@ class LitDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.cfg.seed)
-        return StatefulDataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **common)
+        # its own generator: creating the iterator (also after a resume) draws nothing from the global RNG
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        return StatefulDataLoader(
+            dataset, batch_size=self.cfg.batch_size, sampler=sampler, generator=generator, **common
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

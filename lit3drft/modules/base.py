@@ -171,8 +171,14 @@ class PolicyModule(L.LightningModule):
         checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if RNG_KEY in checkpoint:
-            set_rng_states(checkpoint[RNG_KEY])
+        # applied at the first batch, not now: whatever draws from the generators between the restore and that
+        # batch (creating the loader iterator, callbacks) must not shift the samples of the resumed run
+        self._pending_rng = checkpoint.get(RNG_KEY)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
 
 
 RNG_KEY = "lit3drft_rng_states"
