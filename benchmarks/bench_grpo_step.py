@@ -10,7 +10,7 @@ AdamW, grad-norm clip 1.0, fp32, no gradient checkpointing, ``torch.set_num_thre
   -> micro-batched sequence_logprobs, reference under ``policy.reference()`` when beta > 0 -> grpo_loss ->
   backward -> clip -> AdamW), driven without a Lightning Trainer: the four Lightning hooks it calls
   (``optimizers``, ``lr_schedulers``, ``manual_backward``, ``clip_gradients``) and ``log_dict`` are bound to
-  plain torch equivalents on the instance. Micro-batch ``--micro-batch`` (default 4, the GRPOConfig default).
+  plain torch equivalents on the instance. Micro-batch ``--micro-batch`` (default 8, the GRPOConfig default).
 - TRL: ``GRPOTrainer.train()`` with ``per_device_train_batch_size = generation_batch_size = prompts*G``, so
   one optimiser step = one rollout batch. A callback times each step (``on_step_begin`` -> ``on_step_end``)
   and then runs one lit3drft step, so the two alternate inside one process after ``--warmup`` steps each.
@@ -26,18 +26,20 @@ against a fresh ``sequence_logprobs`` pass.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --memory-sweep 4 8 16 --sweep-sides lit3drft trl
     .venv/bin/python benchmarks/bench_grpo_step.py --preset 3b --device cuda             # GPU only: step time, memory
 
-Levers (``--lever``, lit3drft side only, monkeypatched in the benchmark process; nothing under ``lit3drft/``
-changes). With ``--only lit3drft`` the baseline and the lever steps alternate in one process, and the lever's
-log-probs and LoRA gradients are compared with the baseline's on one rollout:
-``shared-prefix`` (the prompt runs once per distinct prompt of a micro-batch and the completions attend to its
-KV cache: P + b*T tokens instead of b*(P + T)), ``visual-once`` (the frozen vision tower runs once per step, not
-per micro-batch), ``ref-one-pass`` (the no-grad reference log-probs of all rows in one pass),
-``merge-for-generation`` (LoRA merged into the base weights while sampling), ``no-lm-head-checkpoint`` (no
-activation checkpoint around the LM-head chunk).
+Levers (``--lever``, lit3drft side only): the fast paths are library code and on by default; a lever switches
+one off for the benchmark process (an ablation). With ``--only lit3drft`` the library-default steps and the
+lever steps alternate in one process, and the lever's log-probs and LoRA gradients are compared with the
+default's on one rollout: ``no-shared-prefix`` (one forward over prompt + completion per row instead of the
+prompt once per distinct prompt of a micro-batch with the completions through its KV cache),
+``no-visual-reuse`` (the training passes encode the frames again instead of reusing the features kept from
+sampling), ``no-merge`` (sample through the unmerged LoRA layers), ``ref-micro-batch`` (the no-grad reference
+pass in micro-batches instead of ``GRPOModule.no_grad_chunk_factor`` micro-batches per forward),
+``no-lm-head-checkpoint`` (no activation checkpoint around the LM-head chunk). All four of the first together
+with ``--micro-batch 4`` reproduce the step as it was before issue 8's changes.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --only lit3drft --betas 0.04 --lever shared-prefix
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --no-rss --micro-batch 8 \
-        --lever shared-prefix visual-once ref-one-pass merge-for-generation
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --only lit3drft --betas 0.04 --lever no-shared-prefix
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --no-rss --micro-batch 4 \
+        --lever no-shared-prefix no-visual-reuse no-merge ref-micro-batch
 """
 
 from __future__ import annotations
@@ -184,10 +186,10 @@ class LitSide:
         self.timer.acc.clear()
         self.timer.tokens = 0
         with levers(self, self.args.lever if lever is None else lever):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             self.module.training_step(self.batch(), 0)
-            total = time.perf_counter() - t
-        out = {"total": total, **self.timer.split(total)}
+            total, cpu = time.perf_counter() - t, time.process_time() - c
+        out = {"total": total, **self.timer.split(total), "cpu": cpu}
         out["tokens"] = float(self.logged["train/completion_length"]) * len(self.samples) * self.args.generations
         return out
 
@@ -249,7 +251,7 @@ class LitSide:
 
 @contextlib.contextmanager
 def levers(side: LitSide, names: list[str]):
-    """Monkeypatched variants of lit3drft's step, undone on exit (benchmark process only; module docstring)."""
+    """lit3drft's step with some of its fast paths switched off (ablations), undone on exit; module docstring."""
     gen, module, policy = side._generation, side.module, side.policy
     undo: list[tuple[Any, str, Any, bool]] = []
 
@@ -260,47 +262,24 @@ def levers(side: LitSide, names: list[str]):
     for lever in names:
         if lever == "no-lm-head-checkpoint":
             patch(gen, "checkpoint", lambda fn, *a, use_reentrant=False: fn(*a))
-        elif lever == "ref-one-pass":
-            real = type(module)._logprobs_in_chunks
+        elif lever == "no-shared-prefix":
 
-            def one_pass(rollout, rows, _real=real, _m=module):
-                if torch.is_grad_enabled():
-                    return _real(_m, rollout, rows)
-                mb = _m.grpo.micro_batch_size
-                _m.grpo.micro_batch_size = max(len(rows), 1)
-                try:
-                    return _real(_m, rollout, rows)
-                finally:
-                    _m.grpo.micro_batch_size = mb
+            def full_forward(*a, _real=policy.sequence_logprobs, **k):
+                return _real(*a, **{**k, "shared_prefix": False})
 
-            patch(module, "_logprobs_in_chunks", one_pass)
-        elif lever == "visual-once":
-            cache: dict[Any, Any] = {}
+            patch(policy, "sequence_logprobs", full_forward)
+        elif lever == "no-visual-reuse":
 
-            def encode_once(batch, _real=policy.encode_visual, cache=cache):
-                # the vision tower is frozen (LoRA on the LLM only): features depend on the pixels only
-                pix = batch["pixel_values"]
-                key = (pix.shape, float(pix.double().sum()), tuple(batch["image_grid_thw"].flatten().tolist()))
-                if key not in cache:
-                    cache.clear()
-                    with torch.no_grad():
-                        cache[key] = _real(batch)
-                return cache[key]
+            def drop_features(*a, _real=policy.generate_group, **k):
+                rollout = _real(*a, **k)
+                rollout.visual_features = None  # the training passes encode the frames again
+                return rollout
 
-            patch(policy, "encode_visual", encode_once)
-        elif lever == "merge-for-generation":
-
-            def merged_generate(*a, _real=policy.generate_group, **k):
-                # LoRA folded into the base weights while sampling (no adapter ops per decoded token), then unfolded
-                policy.model.merge_adapter()
-                try:
-                    return _real(*a, **k)
-                finally:
-                    policy.model.unmerge_adapter()
-
-            patch(policy, "generate_group", merged_generate)
-        elif lever == "shared-prefix":
-            patch(gen, "sequence_logprobs", shared_prefix_logprobs)
+            patch(policy, "generate_group", drop_features)
+        elif lever == "no-merge":
+            patch(module.grpo, "merge_adapter_for_sampling", False)
+        elif lever == "ref-micro-batch":
+            patch(module, "no_grad_chunk_factor", 1)
         elif lever:
             raise ValueError(f"unknown lever {lever!r}")
     try:
@@ -311,52 +290,6 @@ def levers(side: LitSide, names: list[str]):
                 setattr(obj, name, value)
             else:
                 delattr(obj, name)
-
-
-def shared_prefix_logprobs(policy, rollout, rows=None, temperature=None, chunk_size=64):
-    """``sequence_logprobs`` with the prompt run once per distinct prompt of the chunk (lever ``shared-prefix``).
-
-    The prompt (frames included) goes through the LLM once per distinct prompt, with grad when grad is on; its
-    KV cache is gathered to the chunk's rows and only the completion tokens run per row. Causal attention makes
-    this the same function as the full forward (same values, same gradients), at P + b*T tokens instead of
-    b*(P + T). Qwen2-VL / Qwen2.5-VL only (precomputed visual features).
-    """
-    from lit3drft.models.generation import _entries_by_prompt, _index_prompts, _token_logprobs, checkpoint
-
-    rows = torch.arange(len(rollout.texts)) if rows is None else torch.as_tensor(rows).flatten()
-    rows = rows.to(rollout.completion_ids.device)
-    temperature = rollout.temperature if temperature is None else temperature
-    uniq, inverse = torch.unique(rollout.group[rows], return_inverse=True)
-    prompts = _index_prompts(rollout.prompt_inputs, uniq.tolist())
-    expanded = _index_prompts(prompts, inverse.tolist())
-    visual = policy.encode_visual(prompts)
-    per_prompt = {k: _entries_by_prompt(v, prompts, k) for k, v in visual.items()}
-    feats = {k: [f for p in v for f in p] for k, v in per_prompt.items()}
-    comp, cmask = rollout.completion_ids[rows], rollout.completion_mask[rows]
-    p_len = prompts["input_ids"].shape[1]
-    ids = torch.cat([expanded["input_ids"], comp], 1)
-    mask = torch.cat([expanded["attention_mask"], cmask.to(expanded["attention_mask"].dtype)], 1)
-    zeros = torch.zeros_like(comp, dtype=expanded["mm_token_type_ids"].dtype)
-    types = torch.cat([expanded["mm_token_type_ids"], zeros], 1)
-    pos, _ = policy.positions(ids, types, mask, expanded)  # (3, b, P + T), as the full forward
-    idx = torch.arange(len(rows), device=rows.device)
-    first = torch.zeros(len(uniq), dtype=torch.long, device=rows.device).scatter_(0, inverse.flip(0), idx.flip(0))
-    prefix = policy.core(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
-                         position_ids=pos[:, first, :p_len], use_cache=True,
-                         mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
-    cache = prefix.past_key_values
-    cache.batch_select_indices(inverse)  # (u, ...) -> (b, ...): a differentiable gather, grads sum per prompt
-    out = policy.core(input_ids=comp, attention_mask=mask, position_ids=pos[:, :, p_len:], past_key_values=cache,
-                      use_cache=True)  # fmt: skip
-    hidden = torch.cat([prefix.last_hidden_state[inverse, -1:], out.last_hidden_state[:, :-1]], 1)  # (b, T, D)
-    res = []
-    for s in range(0, comp.shape[1], chunk_size):
-        h, tgt = hidden[:, s : s + chunk_size], comp[:, s : s + chunk_size]
-        if torch.is_grad_enabled():
-            res.append(checkpoint(_token_logprobs, policy, h, tgt, temperature, use_reentrant=False))
-        else:
-            res.append(_token_logprobs(policy, h, tgt, temperature))
-    return torch.cat(res, 1).masked_fill(cmask == 0, 0.0)
 
 
 # --------------------------------------------------------------------------------------------------------- TRL
@@ -450,10 +383,10 @@ def make_callback(on_step):
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            on_step(time.perf_counter() - self.t)
+            on_step(time.perf_counter() - self.t, time.process_time() - self.c)
 
     return StepTimer()
 
@@ -462,6 +395,7 @@ def make_callback(on_step):
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     out = {"median_step_s": round(med["total"], 3), "min_step_s": round(min(r["total"] for r in rows), 3)}
+    out["median_cpu_s"] = round(med["cpu"], 3)  # process CPU time: steadier than wall time on a shared machine
     out.update({f"{p}_s": round(med[p], 3) for p in PHASES})
     out["tokens_per_step"] = med["tokens"]
     gen = statistics.median(r["tokens"] / r["generation"] for r in rows)
@@ -477,11 +411,11 @@ def run_both(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
     lit_rows, trl_rows = [], []
     state = {"step": 0}
 
-    def on_step(trl_total: float) -> None:
+    def on_step(trl_total: float, trl_cpu: float) -> None:
         split = trl_timer.split(trl_total)
         tokens, trl_timer.tokens = trl_timer.tokens, 0
         if state["step"] >= args.warmup:
-            trl_rows.append({"total": trl_total, **split, "tokens": float(tokens)})
+            trl_rows.append({"total": trl_total, **split, "cpu": trl_cpu, "tokens": float(tokens)})
         row = lit.step()  # alternate: one lit3drft step after every TRL step
         if state["step"] >= args.warmup:
             lit_rows.append(row)
@@ -492,6 +426,8 @@ def run_both(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
     trainer.train()
     res = {"beta": beta, "lit3drft": summarise(lit_rows), "trl": summarise(trl_rows), "loss_check": check}
     res["ratio"] = round(res["lit3drft"]["median_step_s"] / res["trl"]["median_step_s"], 3)
+    res["ratio_min"] = round(res["lit3drft"]["min_step_s"] / res["trl"]["min_step_s"], 3)
+    res["ratio_cpu"] = round(res["lit3drft"]["median_cpu_s"] / res["trl"]["median_cpu_s"], 3)
     return res
 
 
@@ -520,15 +456,17 @@ def run_only(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
             extra["baseline"] = summarise(base_rows)
             extra["lever_over_baseline"] = round(statistics.median(r["total"] for r in rows)
                                                  / extra["baseline"]["median_step_s"], 3)  # fmt: skip
+            extra["lever_over_baseline_cpu"] = round(statistics.median(r["cpu"] for r in rows)
+                                                     / extra["baseline"]["median_cpu_s"], 3)  # fmt: skip
     else:
         timer = Timer()
         state = {"step": 0}
 
-        def on_step(total: float) -> None:
+        def on_step(total: float, cpu: float) -> None:
             split = timer.split(total)
             tokens, timer.tokens = timer.tokens, 0
             if state["step"] >= args.warmup:
-                rows.append({"total": total, **split, "tokens": float(tokens)})
+                rows.append({"total": total, **split, "cpu": cpu, "tokens": float(tokens)})
             state["step"] += 1
 
         trainer = build_trl(args, beta, samples, args.warmup + args.steps, [make_callback(on_step)])
@@ -630,7 +568,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--micro-batch", type=int, default=4, help="lit3drft completions per forward/backward chunk")
+    ap.add_argument("--micro-batch", type=int, default=GRPOConfig().micro_batch_size,
+                    help="lit3drft completions per forward/backward chunk")  # fmt: skip
     ap.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.04])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per side and beta")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
@@ -685,14 +624,18 @@ def main() -> None:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    head = "| beta | side | median step s | generation | rewards | log-probs | rest | gen tok/s | peak RSS MB |"
-    print(head + "\n|" + "---|" * 9)
+    head = "| beta | side | median step s | min | CPU s | generation | rewards | log-probs | rest | gen tok/s | peak RSS MB |"
+    print(head + "\n|" + "---|" * 11)
     for res in results:
         for side in ("lit3drft", "trl"):
             r = res[side]
-            print(f"| {res['beta']} | {side} | {r['median_step_s']} | {r['generation_s']} | {r['rewards_s']} | "
+            print(f"| {res['beta']} | {side} | {r['median_step_s']} | {r['min_step_s']} | {r['median_cpu_s']} | "
+                  f"{r['generation_s']} | {r['rewards_s']} | "
                   f"{r['logprobs_s']} | {r['rest_s']} | {r['generated_tok_per_s']} | {r.get('peak_rss_mb', '-')} |")  # fmt: skip
-        print(f"| {res['beta']} | ratio lit3drft/TRL | {res['ratio']} | | | | | | |")
+        print(
+            f"| {res['beta']} | ratio lit3drft/TRL | {res['ratio']} | {res['ratio_min']} | {res['ratio_cpu']} "
+            "| | | | | | |"
+        )
     for res in results:
         print(f"beta={res['beta']} loss check: {json.dumps(res['loss_check'])}")
 

@@ -20,9 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit3drft import fit
-from lit3drft.config import load_config
-
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "sft_tiny.yaml"
 STAGES = "stages=[{kind: sft, max_steps: 6, lr: 1.0e-3}, {kind: grpo, max_steps: 6, lr: 1.0e-4, batch_size: 2}]"
@@ -61,7 +58,11 @@ def _step_log(path: Path) -> dict[int, dict[str, float]]:
 
 @pytest.mark.timeout(600)
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(run_overrides, tmp_path) -> None:
-    reference = fit.fit(load_config(EXPERIMENT, _overrides(run_overrides, tmp_path / "a")))
+    # every run in its own process with the same environment (this pytest process may run torch on other
+    # thread counts, which changes float reduction order)
+    ref_cmd = [sys.executable, "-m", "lit3drft.fit", str(EXPERIMENT), *_overrides(run_overrides, tmp_path / "a")]
+    assert subprocess.run(ref_cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode == 0
+    reference = json.loads((tmp_path / "a" / "sft_tiny" / "run" / "metrics.json").read_text())
 
     overrides = _overrides(run_overrides, tmp_path / "b")
     run = tmp_path / "b" / "sft_tiny" / "run"

@@ -2,7 +2,13 @@
 
 ``generate_group`` encodes each prompt's frames and prefills its prompt **once**, then repeats the KV cache
 (and the per-row ``rope_deltas``) G times and samples all B*G rows together. Naive GRPO (a batch of G
-copies through ``model.generate``) runs the vision tower and the prompt G times.
+copies through ``model.generate``) runs the vision tower and the prompt G times. When the vision tower is
+frozen, the rollout keeps the visual features, so the training passes of the step do not run it again.
+
+``sequence_logprobs`` shares the prompt the same way (with gradients): each distinct prompt of the rows runs
+through the language model once, its KV cache is gathered to its rows, and only the completion tokens run
+per row: P + b*T tokens instead of b*(P + T). Causal attention makes this the same function as one forward
+over prompt + completion (values and gradients; ``tests/models/test_shared_prefix.py``).
 
 Log-prob conventions (shared by sampling and ``sequence_logprobs``, so the two agree to float precision):
 ``log_softmax(logits / temperature)`` with the vision special tokens masked out (when suppressed); top-k
@@ -13,8 +19,9 @@ positions after it hold the pad token and mask 0.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,6 +54,10 @@ class Rollout:
     """G."""
     temperature: float = 1.0
     """Sampling temperature; ``sequence_logprobs`` uses the same by default."""
+    visual_features: dict[str, list[Tensor]] | None = None
+    """Per-entry visual features of the B prompts (``Policy.encode_visual``, no grad), computed while sampling
+    and reused by ``sequence_logprobs``; None unless the features depend on the pixels only
+    (``Policy.visual_frozen``) and the model takes precomputed features (``Policy.reuses_visual_features``)."""
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float) -> Tensor:
@@ -101,14 +112,18 @@ def _index_prompts(batch: dict[str, Tensor], idx: list[int]) -> dict[str, Tensor
 
 
 @torch.no_grad()
-def _decode(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new_tokens: int,
-            temperature: float, top_p: float, top_k: int | None, greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Prefill B prompts once, repeat the cache ``repeats`` times, decode. Returns ids, mask, logprobs, truncated."""
+def _decode(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new_tokens: int, temperature: float,
+            top_p: float, top_k: int | None, greedy: bool,
+            feats: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Prefill B prompts once, repeat the cache ``repeats`` times, decode. Returns ids, mask, logprobs, truncated.
+
+    ``feats``: the prompts' visual features (``Policy.encode_visual``) when already computed.
+    """
     hf = policy.hf_model
     ids, mask = batch["input_ids"], batch["attention_mask"]
     pos, deltas = policy.positions(ids, batch["mm_token_type_ids"], mask, batch)
-    out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-             **policy.visual_kwargs(batch))  # fmt: skip
+    visual = {"mm_encoder_outputs": policy.encoder_outputs(feats)} if feats is not None else policy.visual_kwargs(batch)
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **visual)
     cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
     if repeats > 1:  # one prefill per prompt, shared by its G rows
         cache.batch_repeat_interleave(repeats)
@@ -154,14 +169,24 @@ def generate_texts(policy: Policy, samples: list[Sample], max_new_tokens: int, g
 
 def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], num_generations: int,
                    temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                   max_new_tokens: int = 256) -> Rollout:  # fmt: skip
-    """Sample ``num_generations`` completions per prompt with one vision pass and one prefill per prompt."""
+                   max_new_tokens: int = 256, merge_adapter: bool = False) -> Rollout:  # fmt: skip
+    """Sample ``num_generations`` completions per prompt with one vision pass and one prefill per prompt.
+
+    ``merge_adapter``: sample with the LoRA update folded into the base weights (``Policy.merged_adapter``;
+    the same policy up to float rounding, fewer ops per decoded token). The visual features are kept in the
+    rollout when they stay valid for the step (``Rollout.visual_features``).
+    """
     batch = samples if isinstance(samples, dict) else policy.collate(samples)
     batch = policy.to_device({k: v for k, v in batch.items() if k != "labels"})
-    ids, mask, logps, truncated = _decode(policy, batch, num_generations, max_new_tokens, temperature, top_p,
-                                          top_k, greedy=False)  # fmt: skip
+    keep = policy.reuses_visual_features and policy.visual_frozen
+    with torch.no_grad():
+        feats = policy.encode_visual(batch) if policy.reuses_visual_features else None
+    with policy.merged_adapter() if merge_adapter else contextlib.nullcontext():
+        ids, mask, logps, truncated = _decode(policy, batch, num_generations, max_new_tokens, temperature, top_p,
+                                              top_k, greedy=False, feats=feats)  # fmt: skip
     group = torch.arange(len(batch["input_ids"]), device=ids.device).repeat_interleave(num_generations)
-    return Rollout(batch, ids, mask, logps, _texts(policy, ids, mask), truncated, group, num_generations, temperature)
+    return Rollout(batch, ids, mask, logps, _texts(policy, ids, mask), truncated, group, num_generations, temperature,
+                   feats if keep else None)  # fmt: skip
 
 
 def _token_logprobs(policy: Policy, hidden: Tensor, targets: Tensor, temperature: float) -> Tensor:
@@ -171,41 +196,26 @@ def _token_logprobs(policy: Policy, hidden: Tensor, targets: Tensor, temperature
 
 
 def sequence_logprobs(policy: Policy, rollout: Rollout, rows: list[int] | Tensor | None = None,
-                      temperature: float | None = None, chunk_size: int = 64) -> Tensor:  # fmt: skip
-    """Log-probs ``(len(rows), T)`` of ``rollout.completion_ids[rows]`` in one forward (0 where masked).
+                      temperature: float | None = None, chunk_size: int = 64,
+                      shared_prefix: bool | None = None) -> Tensor:  # fmt: skip
+    """Log-probs ``(len(rows), T)`` of ``rollout.completion_ids[rows]`` (0 where masked).
 
-    Differentiable when grad is enabled. Each distinct prompt among ``rows`` goes through the vision tower
-    once; positions come from ``get_rope_index`` over prompt + completion with ``mm_token_type_ids``
-    zero-extended over the completion, which reproduces generation-time positions exactly. The LM head and
-    log-softmax run ``chunk_size`` positions at a time (recomputed in backward), so no ``(b, T, V)`` tensor
-    is kept. ``rows`` default: all rows; ``temperature`` default: the rollout's.
+    Differentiable when grad is enabled. ``shared_prefix`` (default: on, unless activation checkpointing is
+    active, which drops KV caches): each distinct prompt among ``rows`` runs through the language model once
+    and its rows' completions attend to its KV cache (``_shared_prefix_hidden``); off: one forward over
+    prompt + completion per row (``_full_sequence_hidden``). Both give the same values and gradients. The
+    vision tower runs once per distinct prompt, or not at all when the rollout carries its features. The LM
+    head and log-softmax run ``chunk_size`` positions at a time (recomputed in backward), so no ``(b, T, V)``
+    tensor is kept. ``rows`` default: all rows; ``temperature`` default: the rollout's.
     """
     rows = torch.arange(len(rollout.texts)) if rows is None else torch.as_tensor(rows).flatten()
     rows = rows.to(rollout.completion_ids.device)
     temperature = rollout.temperature if temperature is None else temperature
-    prompt_of_row = rollout.group[rows]
-    uniq, inverse = torch.unique(prompt_of_row, return_inverse=True)
-    prompts = _index_prompts(rollout.prompt_inputs, uniq.tolist())
-    expanded = _index_prompts(prompts, inverse.tolist())  # grids and token types per row
-    if policy.reuses_visual_features:
-        visual = policy.encode_visual(prompts)  # once per distinct prompt
-        per_prompt = {k: _entries_by_prompt(v, prompts, k) for k, v in visual.items()}
-        feats = {k: [f for i in inverse.tolist() for f in v[i]] for k, v in per_prompt.items()}
-        visual_kwargs = {"mm_encoder_outputs": policy.encoder_outputs(feats)}
-    else:  # e.g. Qwen3-VL's deepstack features: let HF encode each row's frames
-        visual_kwargs = policy.visual_kwargs(expanded)
-
+    if shared_prefix is None:
+        shared_prefix = not _checkpointing_active(policy)
     comp, cmask = rollout.completion_ids[rows], rollout.completion_mask[rows]
-    p_len = expanded["input_ids"].shape[1]
-    ids = torch.cat([expanded["input_ids"], comp], 1)
-    mask = torch.cat([expanded["attention_mask"], cmask.to(expanded["attention_mask"].dtype)], 1)
-    types = torch.cat(
-        [expanded["mm_token_type_ids"], torch.zeros_like(comp, dtype=expanded["mm_token_type_ids"].dtype)], 1
-    )
-    pos, _ = policy.positions(ids, types, mask, expanded)
-    hidden = policy.core(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **visual_kwargs)
-    hidden = hidden.last_hidden_state
-    hidden = hidden[:, p_len - 1 : -1]  # (b, T, D): the state before each completion token
+    hidden_of = _shared_prefix_hidden if shared_prefix else _full_sequence_hidden
+    hidden = hidden_of(policy, rollout, rows, comp, cmask)  # (b, T, D): the state before each completion token
     out = []
     for s in range(0, comp.shape[1], chunk_size):
         h, tgt = hidden[:, s : s + chunk_size], comp[:, s : s + chunk_size]
@@ -214,6 +224,81 @@ def sequence_logprobs(policy: Policy, rollout: Rollout, rows: list[int] | Tensor
         else:
             out.append(_token_logprobs(policy, h, tgt, temperature))
     return torch.cat(out, 1).masked_fill(cmask == 0, 0.0)
+
+
+def _checkpointing_active(policy: Policy) -> bool:
+    """HF's checkpointed decoder layers drop ``past_key_values`` in training mode: no prefix cache then."""
+    return policy.core.training and any(getattr(m, "gradient_checkpointing", False) for m in policy.core.modules())
+
+
+def _prompt_visual_kwargs(policy: Policy, rollout: Rollout, prompt_idx: list[int],
+                          prompts: dict[str, Tensor]) -> dict[str, Any]:  # fmt: skip
+    """What the forward over ``prompts`` (= the rollout's prompts ``prompt_idx``) takes for their frames."""
+    if not policy.reuses_visual_features:  # e.g. Qwen3-VL's deepstack features: HF encodes the raw pixels
+        return policy.visual_kwargs(prompts)
+    if rollout.visual_features is not None:  # computed while sampling (frozen vision tower)
+        per_prompt = {k: _entries_by_prompt(v, rollout.prompt_inputs, k) for k, v in rollout.visual_features.items()}
+        feats = {k: [f for i in prompt_idx for f in v[i]] for k, v in per_prompt.items()}
+    else:
+        feats = policy.encode_visual(prompts)
+    return {"mm_encoder_outputs": policy.encoder_outputs(feats)}
+
+
+def _shared_prefix_hidden(policy: Policy, rollout: Rollout, rows: Tensor, comp: Tensor, cmask: Tensor) -> Tensor:
+    """Last-layer states before each completion token, each distinct prompt run once (with grad when on).
+
+    The prompts' KV cache is gathered to the rows (a differentiable index: the gradients of a prompt's G rows
+    add up in its keys and values) and the completions run through it. Completion positions continue the
+    prompt's text positions (``max + 1 = valid length + rope_delta``), as in ``_decode``.
+    """
+    uniq, inverse = torch.unique(rollout.group[rows], return_inverse=True)
+    prompt_idx = uniq.tolist()
+    prompts = _index_prompts(rollout.prompt_inputs, prompt_idx)
+    p_mask = prompts["attention_mask"]
+    pos, deltas = policy.positions(prompts["input_ids"], prompts["mm_token_type_ids"], p_mask, prompts)
+    prefix = policy.core(input_ids=prompts["input_ids"], attention_mask=p_mask, position_ids=pos, use_cache=True,
+                         **_prompt_visual_kwargs(policy, rollout, prompt_idx, prompts))  # fmt: skip
+    last = prefix.last_hidden_state[inverse, -1:]  # (b, 1, D): predicts the first completion token
+    T = comp.shape[1]
+    if T == 1:
+        return last
+    cache = prefix.past_key_values
+    if len(uniq) != len(rows) or not torch.equal(inverse, torch.arange(len(rows), device=inverse.device)):
+        cache.batch_select_indices(inverse)
+    mask = torch.cat([p_mask[inverse], cmask[:, :-1].to(p_mask.dtype)], 1)
+    start = p_mask[inverse].sum(1, keepdim=True) + deltas[inverse].to(p_mask.device)  # (b, 1)
+    c_pos = (start + torch.arange(T - 1, device=start.device)).unsqueeze(0).expand(3, -1, -1)
+    # the last completion token predicts nothing: only tokens 0..T-2 run
+    out = policy.core(input_ids=comp[:, :-1], attention_mask=mask, position_ids=c_pos, past_key_values=cache,
+                      use_cache=True)  # fmt: skip
+    return torch.cat([last, out.last_hidden_state], 1)
+
+
+def _full_sequence_hidden(policy: Policy, rollout: Rollout, rows: Tensor, comp: Tensor, cmask: Tensor) -> Tensor:
+    """Last-layer states before each completion token from one forward over prompt + completion per row.
+
+    Positions come from ``get_rope_index`` over prompt + completion with ``mm_token_type_ids`` zero-extended
+    over the completion, which reproduces generation-time positions exactly.
+    """
+    uniq, inverse = torch.unique(rollout.group[rows], return_inverse=True)
+    prompts = _index_prompts(rollout.prompt_inputs, uniq.tolist())
+    expanded = _index_prompts(prompts, inverse.tolist())  # grids and token types per row
+    if policy.reuses_visual_features:  # features once per distinct prompt, repeated per row
+        feats = _prompt_visual_kwargs(policy, rollout, uniq.tolist(), prompts)["mm_encoder_outputs"]
+        per_prompt = {k: _entries_by_prompt(list(v.pooler_output), prompts, k) for k, v in feats.items()}
+        rep = {k: [f for i in inverse.tolist() for f in v[i]] for k, v in per_prompt.items()}
+        visual_kwargs = {"mm_encoder_outputs": policy.encoder_outputs(rep)}
+    else:
+        visual_kwargs = policy.visual_kwargs(expanded)
+    p_len = expanded["input_ids"].shape[1]
+    ids = torch.cat([expanded["input_ids"], comp], 1)
+    mask = torch.cat([expanded["attention_mask"], cmask.to(expanded["attention_mask"].dtype)], 1)
+    types = torch.cat(
+        [expanded["mm_token_type_ids"], torch.zeros_like(comp, dtype=expanded["mm_token_type_ids"].dtype)], 1
+    )
+    pos, _ = policy.positions(ids, types, mask, expanded)
+    hidden = policy.core(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **visual_kwargs)
+    return hidden.last_hidden_state[:, p_len - 1 : -1]
 
 
 def _entries_by_prompt(feats: list[Tensor], prompts: dict[str, Tensor], kind: str) -> list[list[Tensor]]:

@@ -77,6 +77,14 @@ class Policy(nn.Module):
         return hasattr(self.model, "disable_adapter")
 
     @property
+    def visual_frozen(self) -> bool:
+        """Whether the visual features depend on the pixels only: no trainable parameter in the vision tower,
+        its merger or the geometry prior (then features computed while sampling stay valid for the whole step,
+        for the policy and the reference alike)."""
+        modules = [getattr(self.core, "visual", None), self.geometry]
+        return not any(p.requires_grad for m in modules if m is not None for p in m.parameters())
+
+    @property
     def hf_model(self) -> nn.Module:
         """The HF ``*ForConditionalGeneration`` that runs now (LoRA layers are injected into it in place)."""
         if self._in_reference and self.reference_model is not None:
@@ -110,6 +118,54 @@ class Policy(nn.Module):
             yield
         finally:
             self._in_reference = False
+
+    @contextlib.contextmanager
+    def merged_adapter(self) -> Iterator[None]:
+        """Inside the block the LoRA update is folded into the base weights and the adapter is disabled, so a
+        forward costs one matmul per projection (for sampling; no gradients reach the adapter meanwhile).
+
+        The merged weights are new tensors; on exit the original base tensors are put back untouched (no
+        ``W + dW - dW`` rounding drift, which would move the reference). Costs one transient copy of the
+        adapted base weights. A no-op without an adapter, inside ``reference()``, and for anything but plain
+        LoRA on float ``nn.Linear`` weights (QLoRA's 4-bit weights, DoRA, LoRA bias).
+        """
+        layers = self._mergeable_lora_layers()
+        if not layers:
+            yield
+            return
+        saved = []
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                merged = weight.data.clone()
+                for name in layer.active_adapters:
+                    if name in layer.lora_A:
+                        merged += layer.get_delta_weight(name).to(merged.dtype)
+                saved.append((weight, weight.data))
+                weight.data = merged
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            for weight, data in saved:
+                weight.data = data
+
+    def _mergeable_lora_layers(self) -> list[nn.Module]:
+        if not self.uses_adapter:
+            return []
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        for m in layers:
+            names = [n for n in m.active_adapters if n in m.lora_A]
+            plain = isinstance(m, LoraLinear) and not m.merged and not m.disable_adapters
+            plain = plain and isinstance(m.get_base_layer(), nn.Linear)
+            plain = plain and m.get_base_layer().weight.dtype.is_floating_point
+            plain = plain and not any(m.lora_variant.get(n) or m.lora_bias.get(n) for n in names)
+            if not plain:
+                return []
+        return layers
 
     def snapshot_reference(self) -> None:
         """Make the current weights the reference (call at the start of GRPO, after SFT).
@@ -274,18 +330,19 @@ class Policy(nn.Module):
 
     def generate_group(self, samples: list[Sample] | dict[str, Tensor], num_generations: int = 8,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                       max_new_tokens: int = 256) -> Any:  # fmt: skip
+                       max_new_tokens: int = 256, merge_adapter: bool = False) -> Any:  # fmt: skip
         """G sampled completions per prompt; returns a ``Rollout`` (see ``lit3drft.models.generation``)."""
         from lit3drft.models.generation import generate_group
 
-        return generate_group(self, samples, num_generations, temperature, top_p, top_k, max_new_tokens)
+        return generate_group(self, samples, num_generations, temperature, top_p, top_k, max_new_tokens, merge_adapter)
 
     def sequence_logprobs(self, rollout: Any, rows: list[int] | Tensor | None = None,
-                          temperature: float | None = None, chunk_size: int = 64) -> Tensor:  # fmt: skip
+                          temperature: float | None = None, chunk_size: int = 64,
+                          shared_prefix: bool | None = None) -> Tensor:  # fmt: skip
         """Per-token log-probs ``(len(rows), T)`` of the rollout's completions (0 where masked)."""
         from lit3drft.models.generation import sequence_logprobs
 
-        return sequence_logprobs(self, rollout, rows, temperature, chunk_size)
+        return sequence_logprobs(self, rollout, rows, temperature, chunk_size, shared_prefix)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, path: str) -> None:

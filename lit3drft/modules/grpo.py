@@ -1,11 +1,13 @@
 """GRPO with in-loop generation (manual optimisation): the 3D-RFT RL stage, readable top to bottom.
 
 One ``training_step`` = one rollout batch of B prompts:
-  1. sample G completions per prompt (frames encoded and prompt prefilled once per prompt, KV cache reused);
+  1. sample G completions per prompt (frames encoded and prompt prefilled once per prompt, KV cache reused;
+     the frozen vision tower's features are kept for step 4);
   2. score each completion against its own prompt's target with the reward registry;
   3. group advantages;
-  4. mu passes over micro-batches of completions (loss backward chunking): policy log-probs, reference
-     log-probs through the disabled adapter when beta > 0, clipped loss + beta * KL, backward;
+  4. mu passes over micro-batches of completions (loss backward chunking): policy log-probs (each distinct
+     prompt of a micro-batch runs once, its completions through its KV cache), reference log-probs through
+     the disabled adapter when beta > 0, clipped loss + beta * KL, backward;
      clip, optimiser step, scheduler step after each pass.
 All maths lives in ``lit3drft.algorithms.grpo``; all reward logic in ``lit3drft.rewards``.
 """
@@ -25,6 +27,11 @@ from lit3drft.rewards import score_completions
 
 class GRPOModule(PolicyModule):
     """RL stage: batches carry ``samples`` and ``targets``; optimiser steps = rollout batches x mu."""
+
+    no_grad_chunk_factor: int = 4
+    """The no-grad log-prob passes (reference, pi_old) take this many micro-batches per forward: they keep no
+    activations for backward (only the KV cache while the forward runs), so fewer, larger forwards save time
+    at a peak memory that stays bounded by the chunk, independent of B*G."""
 
     def __init__(self, grpo_cfg: GRPOConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -53,6 +60,7 @@ class GRPOModule(PolicyModule):
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
                 max_new_tokens=cfg.max_new_tokens,
+                merge_adapter=cfg.merge_adapter_for_sampling,
             )
         t1 = time.perf_counter()
         # row r of the rollout belongs to prompt r // G: each completion is scored against its own target
@@ -126,10 +134,12 @@ class GRPOModule(PolicyModule):
         return {"loss": loss_sum, **stats}
 
     def _logprobs_in_chunks(self, rollout: Any, rows: list[int]) -> torch.Tensor:
-        """Log-probs of every rollout row (rows not in ``rows`` stay 0), computed micro-batch by micro-batch."""
+        """No-grad log-probs of every rollout row (rows not in ``rows`` stay 0), ``no_grad_chunk_factor``
+        micro-batches per forward."""
         out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-        for start in range(0, len(rows), self.grpo.micro_batch_size):
-            chunk = rows[start : start + self.grpo.micro_batch_size]
+        size = self.grpo.micro_batch_size * self.no_grad_chunk_factor
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
             out[torch.tensor(chunk, device=out.device)] = self.policy.sequence_logprobs(rollout, rows=chunk).float()
         return out
 

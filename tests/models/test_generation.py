@@ -95,7 +95,10 @@ def test_frames_encoded_once_per_prompt(lora_policy, samples):
         assert calls == [n_patches]  # one vision pass over B prompts, not B*G
         calls.clear()
         lora_policy.sequence_logprobs(r, rows=list(range(2 * G)))
-        assert calls == [n_patches]
+        assert calls == []  # frozen vision tower: the features kept from sampling are reused
+        r.visual_features = None
+        lora_policy.sequence_logprobs(r, rows=list(range(2 * G)))
+        assert calls == [n_patches]  # otherwise once per distinct prompt, not per row
     finally:
         handle.remove()
 
