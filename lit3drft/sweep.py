@@ -256,10 +256,14 @@ def sweep(
 def point_configs(path: str, overrides: list[str], scale: str = "full") -> list[list[str]]:
     """For every grid point the overrides select: the full override list that realises it as one run."""
     grid = _sweep_of(path) or {}
-    base = load_config(path, [o for o in overrides if o.split("=")[0] not in grid])
     points, rest = select_points(grid, overrides)
-    extra = scale_overrides(base, scale)
-    return [[*point_overrides(grid, p), *extra, *rest, f"run_name={run_name(p)}", "sweep=null"] for p in points]
+    out = []
+    for p in points:
+        own = [*point_overrides(grid, p), *rest]
+        # the scale shrinks *this point's* stages (variants may differ in stages and steps); full changes nothing
+        extra = scale_overrides(load_config(path, [*own, "sweep=null"]), scale) if scale != "full" else []
+        out.append([*point_overrides(grid, p), *extra, *rest, f"run_name={run_name(p)}", "sweep=null"])
+    return out
 
 
 def _sweep_of(path: str) -> dict[str, Any] | None:

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from lit3drft.config import ConfigError, load_config
-from lit3drft.sweep import append_row, expand_grid, point_overrides, read_rows, run_name, scale_overrides, select_points
+from lit3drft.sweep import (
+    append_row,
+    expand_grid,
+    point_configs,
+    point_overrides,
+    read_rows,
+    run_name,
+    scale_overrides,
+    select_points,
+)
 
 SWEEP = {
     "strategy": {
@@ -66,3 +75,21 @@ def test_scale_shrinks_steps_not_the_grid() -> None:
     assert [s.max_steps for s in shrunk.stages] == [100, 50]
     with pytest.raises(ConfigError, match="smoke, small, full"):
         scale_overrides(cfg, "huge")
+
+
+def test_each_point_keeps_its_own_stages_at_every_scale(tmp_path) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "stages: [{kind: sft, max_steps: 100}]\n"
+        "sweep:\n"
+        "  strategy:\n"
+        "    short: {stages: [{kind: sft, max_steps: 60}]}\n"
+        "    two: {stages: [{kind: sft, max_steps: 250}, {kind: grpo, max_steps: 60}]}\n"
+    )
+    steps = {}
+    for scale in ("full", "small"):
+        for ov in point_configs(str(grid), [], scale):
+            cfg = load_config(grid, ov)
+            steps[scale, cfg.run_name] = [s.max_steps for s in cfg.stages]
+    assert steps["full", "strategy=short"] == [60] and steps["full", "strategy=two"] == [250, 60]
+    assert steps["small", "strategy=short"] == [30] and steps["small", "strategy=two"] == [125, 30]
