@@ -78,9 +78,18 @@ class GRPOModule(PolicyModule):
         keep = torch.ones_like(total, dtype=torch.bool)
         if cfg.dynamic_sampling == "skip":
             keep = (~zero_std).repeat_interleave(G)
-        rows = keep.nonzero().flatten().tolist()
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        if distributed:
+            # every rank must run the same number of backward passes and optimiser steps (DDP all-reduces in
+            # each): skipped rows are masked out instead of dropped, and a rank with nothing left still steps
+            mask = mask * keep.float().unsqueeze(1)
+            rows = list(range(len(total)))
+        else:
+            rows = keep.nonzero().flatten().tolist()
 
-        stats = self._optimise(rollout, advantages, mask, rows) if rows and mask[rows].sum() > 0 else {}
+        stats = (
+            self._optimise(rollout, advantages, mask, rows) if distributed or (rows and mask[rows].sum() > 0) else {}
+        )
         t3 = time.perf_counter()
         self._log_step(rollout, rewards, advantages, zero_std, stats, (t0, t1, t2, t3))
 
