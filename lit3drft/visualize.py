@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--file", help="VG-LLM rows (.json/.jsonl) relative to --root or absolute")
     p.add_argument("--scene", help="draw a generated scene's objects on its frames instead")
     p.add_argument("--predictions", help="predictions.jsonl with id and completion")
-    p.add_argument("--rows", type=int, default=4, help="rows of the file to draw")
+    p.add_argument("--rows", type=int, default=4, help="rows of the file to draw (with --predictions: predicted rows)")
     p.add_argument("--start", type=int, default=0, help="first row to draw")
     p.add_argument("--max-frames", type=int, default=8, help="frames per grid row")
     p.add_argument("--out", default="boxes.png")
@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
                     d = json.loads(line)
                     preds[str(d["id"]).split("/", 1)[-1] if "/" in str(d["id"]) else str(d["id"])] = d["completion"]
                     preds[str(d["id"])] = d["completion"]
-        data = load_rows(root / a.file if not Path(a.file).is_absolute() else a.file)[a.start : a.start + a.rows]
+        data = load_rows(root / a.file if not Path(a.file).is_absolute() else a.file)
+        if a.predictions:
+            # only rows that were predicted (an evaluation may score a subset of the file)
+            data = [r for r in data if str(r.get("id")) in preds]
+            if not data:
+                raise SystemExit(f"no row of {a.file} has a prediction in {a.predictions} (ids differ?)")
+        data = data[a.start : a.start + a.rows]
         rows = [row_panels(r, root, preds.get(str(r.get("id"))))[: a.max_frames] for r in data]
     grid(rows).save(a.out)
     print(f"wrote {a.out}")
