@@ -84,16 +84,22 @@ class GRPOModule(PolicyModule):
             # each): skipped rows are masked out instead of dropped, and a rank with nothing left still steps
             mask = mask * keep.float().unsqueeze(1)
             rows = list(range(len(total)))
+            if cfg.scale_rewards == "batch":  # the std over every rank's rewards, as one process would use
+                everyone = self.all_gather(total)  # (W, B*G): ranks hold equal batches (distributed sampler)
+                advantages = group_advantages(everyone.flatten(), G, "batch").view_as(everyone)[self.global_rank]
         else:
             rows = keep.nonzero().flatten().tolist()
 
         stats = (
-            self._optimise(rollout, advantages, mask, rows) if distributed or (rows and mask[rows].sum() > 0) else {}
+            self._optimise(rollout, advantages, mask, rows, int(keep.sum()))
+            if distributed or (rows and mask[rows].sum() > 0)
+            else {}
         )
         t3 = time.perf_counter()
         self._log_step(rollout, rewards, advantages, zero_std, stats, (t0, t1, t2, t3))
 
-    def _optimise(self, rollout: Any, advantages: torch.Tensor, mask: torch.Tensor, rows: list[int]) -> dict:
+    def _optimise(self, rollout: Any, advantages: torch.Tensor, mask: torch.Tensor, rows: list[int], kept: int) -> dict:
+        """μ passes over micro-batches of ``rows``; ``kept`` = completions that count (dynamic sampling)."""
         cfg = self.grpo
         opt = self.optimizers()
         sched = self.lr_schedulers()
@@ -105,7 +111,13 @@ class GRPOModule(PolicyModule):
         if cfg.beta > 0:
             with torch.no_grad(), self.policy.reference():
                 ref_logp = self._logprobs_in_chunks(rollout, rows)
-        n_tokens = mask[rows].sum()
+        n_tokens, n_sequences, scale = mask[rows].sum(), float(kept), 1.0
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # normalise by the *global* token / completion counts and undo DDP's gradient averaging: the update
+            # equals one process's on the union of the ranks' rollouts, for every loss type
+            n_tokens = self.all_gather(n_tokens).sum()
+            n_sequences = float(self.all_gather(torch.tensor(float(kept), device=mask.device)).sum())
+            scale = float(self.trainer.world_size)
         # chunk losses add up to the batch loss; other stats are token means, so weight them by tokens
         loss_sum = torch.zeros((), device=mask.device)
         acc: dict[str, list[torch.Tensor]] = {}
@@ -125,10 +137,10 @@ class GRPOModule(PolicyModule):
                     mask[idx],
                     cfg,
                     num_items_in_batch=n_tokens,
-                    num_sequences=len(rows),
+                    num_sequences=max(int(n_sequences), 1),
                 )
-                self.manual_backward(loss)
-                loss_sum += loss.detach().float() / cfg.num_iterations
+                self.manual_backward(loss * scale)
+                loss_sum += loss.detach().float() * scale / cfg.num_iterations
                 weights.append(st.pop("num_tokens").detach().float())
                 st.pop("loss", None)
                 for k, v in st.items():
