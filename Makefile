@@ -43,7 +43,7 @@ format: setup  ## ruff autofix + format
 	$(VENV)/bin/ruff format .
 
 demo: setup  ## the quickstart on the embedded default: SFT -> GRPO -> test table + boxes drawn (~15 min, 2 cores)
-	$(PY) -m lit3drft.fit experiments/quickstart.yaml
+	$(PY) -m lit3drft.fit experiments/quickstart.yaml --resume  # an interrupted demo continues
 	$(PY) -m lit3drft.visualize --root data/synth3d-tiny --file tasks/test/detection_4f.jsonl \
 	  --predictions runs/quickstart/run/predictions.jsonl --rows 3 --out runs/quickstart/run/test_boxes.png
 	@echo "metrics: runs/quickstart/run/metrics.json  predictions: runs/quickstart/run/predictions.jsonl"
