@@ -404,6 +404,13 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def timed_row(timer: Any, total: float, cpu: float) -> dict[str, float]:
+    """One TRL step's row (wall split by phase, CPU time, generated tokens); resets the timer's token count."""
+    split = timer.split(total)
+    tokens, timer.tokens = timer.tokens, 0
+    return {"total": total, **split, "cpu": cpu, "tokens": float(tokens)}
+
+
 def run_both(args: argparse.Namespace, beta: float, samples: list) -> dict[str, Any]:
     lit = LitSide(args, beta, samples)
     check = lit.check_loss()  # also the first lit3drft warm-up step
@@ -412,10 +419,9 @@ def run_both(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
     state = {"step": 0}
 
     def on_step(trl_total: float, trl_cpu: float) -> None:
-        split = trl_timer.split(trl_total)
-        tokens, trl_timer.tokens = trl_timer.tokens, 0
+        row = timed_row(trl_timer, trl_total, trl_cpu)
         if state["step"] >= args.warmup:
-            trl_rows.append({"total": trl_total, **split, "cpu": trl_cpu, "tokens": float(tokens)})
+            trl_rows.append(row)
         row = lit.step()  # alternate: one lit3drft step after every TRL step
         if state["step"] >= args.warmup:
             lit_rows.append(row)
@@ -463,10 +469,9 @@ def run_only(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
         state = {"step": 0}
 
         def on_step(total: float, cpu: float) -> None:
-            split = timer.split(total)
-            tokens, timer.tokens = timer.tokens, 0
+            row = timed_row(timer, total, cpu)
             if state["step"] >= args.warmup:
-                rows.append({"total": total, **split, "cpu": cpu, "tokens": float(tokens)})
+                rows.append(row)
             state["step"] += 1
 
         trainer = build_trl(args, beta, samples, args.warmup + args.steps, [make_callback(on_step)])

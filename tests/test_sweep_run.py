@@ -22,16 +22,20 @@ from lit3drft.sweep import read_rows, sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path) -> None:
+def _grid(tmp_path: Path, experiment: str, sweep_block: str) -> Path:
+    """A grid file over the tiny base config, testing on the test split only."""
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         f"inherit: {ROOT / 'experiments' / 'base' / 'tiny.yaml'}\n"
-        "experiment: smoke_grid\n"
+        f"experiment: {experiment}\n"
         "eval: {splits: [test]}\n"
-        "sweep:\n"
-        "  stages.0.lr: [1.0e-3, 1.0e-4]\n"
-        "  seed: [0]\n"
+        f"sweep:\n{sweep_block}"
     )
+    return grid
+
+
+def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path) -> None:
+    grid = _grid(tmp_path, "smoke_grid", "  stages.0.lr: [1.0e-3, 1.0e-4]\n  seed: [0]\n")
     results, runs = tmp_path / "results", tmp_path / "runs"
     overrides = [*run_overrides, f"output_dir={runs}", "stages=[{kind: sft, max_steps: 2}]"]
     rows = sweep(str(grid), overrides, scale="full", jobs=1, results_dir=results)
@@ -72,14 +76,7 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 def test_a_killed_sweep_finishes_with_one_row_per_run(run_overrides, tmp_path) -> None:
     """SIGKILL the whole sweep (it and its fit child) mid-run and again between runs; a re-run completes
     the grid with exactly one intact row per point, each equal to its run's metrics.json."""
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(
-        f"inherit: {ROOT / 'experiments' / 'base' / 'tiny.yaml'}\n"
-        "experiment: kill_grid\n"
-        "eval: {splits: [test]}\n"
-        "sweep:\n"
-        "  seed: [0, 1, 2]\n"
-    )
+    grid = _grid(tmp_path, "kill_grid", "  seed: [0, 1, 2]\n")
     results, runs = tmp_path / "results", tmp_path / "runs"
     overrides = [*run_overrides, f"output_dir={runs}", "stages=[{kind: sft, max_steps: 3}]"]
     cmd = [sys.executable, "-m", "lit3drft.sweep", str(grid), *overrides, "--results-dir", str(results)]
