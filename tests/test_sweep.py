@@ -69,6 +69,7 @@ def test_scale_shrinks_steps_not_the_grid() -> None:
     cfg = load_config(None, ["stages=[{kind: sft, max_steps: 200}, {kind: grpo, max_steps: 100}]"])
     small = scale_overrides(cfg, "small")
     assert "stages.0.max_steps=100" in small and "stages.1.max_steps=50" in small
+    assert "eval.splits=[test]" in small  # the sweep selects nothing on val: test only at CPU scale
     smoke = scale_overrides(cfg, "smoke")
     assert "stages.1.max_steps=2" in smoke
     shrunk = load_config(None, ["stages=[{kind: sft, max_steps: 200}, {kind: grpo, max_steps: 100}]", *small])
