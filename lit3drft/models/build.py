@@ -118,6 +118,23 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def keep_loaded_dtype(model: nn.Module, loaded: dict[str, torch.dtype]) -> int:
+    """Undo ``prepare_model_for_kbit_training``'s upcast of the frozen, non-quantised weights; returns how many.
+
+    peft casts every bf16/fp16 weight that is not 4-bit to fp32: under QLoRA of Qwen2.5-VL-3B that is the whole
+    vision tower, the tied embeddings / LM head and the norms, ~1B frozen parameters. Measured on an H100 at 2
+    prompts x 8 frames 448 px, G=8, 256 new tokens (``benchmarks/gpu_3b.sh``): a QLoRA GRPO step peaked at
+    53.3 GiB with them in fp32 (bf16 LoRA: 31.5 GiB) and at 27.6 GiB without. They are frozen, so they go back
+    to the dtype they were loaded in; the LoRA weights, created afterwards, are fp32 as peft makes them.
+    """
+    restored = 0
+    for name, p in model.named_parameters():
+        if p.dtype == torch.float32 and loaded.get(name) in (torch.bfloat16, torch.float16):
+            p.data = p.data.to(loaded[name])
+            restored += 1
+    return restored
+
+
 def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Wrap ``model`` for ``cfg.finetune`` (peft LoRA / QLoRA, or full with freezing) + gradient checkpointing."""
     if cfg.finetune == "full":
@@ -128,11 +145,13 @@ def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.finetune == "qlora":
+        loaded = {name: p.dtype for name, p in model.named_parameters()}
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        keep_loaded_dtype(model, loaded)
     elif cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     lora = LoraConfig(

@@ -17,6 +17,11 @@ def test_qlora_forward_and_backward_on_cpu(make_cfg, samples):
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.modules())
     assert not any(isinstance(m, bnb.nn.Linear4bit) for n, m in policy.named_modules() if ".visual." in n)
+    # frozen non-quantised weights stay bf16 (peft's prepare_model_for_kbit_training casts them to fp32):
+    # only the LoRA weights, which train, are fp32
+    dtypes = {n: p.dtype for n, p in policy.named_parameters() if "geometry" not in n}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16, torch.uint8}  # uint8: packed 4-bit
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
     out = policy(policy.collate(samples, with_answer=True))
     assert torch.isfinite(out.loss)
     out.loss.backward()
