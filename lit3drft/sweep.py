@@ -240,10 +240,14 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Run (or skip, or resume) every selected grid point; return the rows of ``runs.csv`` for them."""
     overrides = list(overrides or [])
-    base = load_config(path, [o for o in overrides if o.split("=")[0] not in (_sweep_of(path) or {})])
-    if not base.sweep:
+    grid = _sweep_of(path)
+    if not grid:
         raise ConfigError(f"{path} has no sweep: block; run it with python -m lit3drft.fit")
-    tasks = list(zip(select_points(base.sweep, overrides)[0], point_configs(path, overrides, scale)))
+    # the other overrides apply to each point *after* its variant (a variant may add stages they refer to):
+    # check every point's config before running any
+    tasks = list(zip(select_points(grid, overrides)[0], point_configs(path, overrides, scale)))
+    for _, ov in tasks:
+        load_config(path, ov)
     print(f"[sweep] {path}: {len(tasks)} runs at scale {scale}, {jobs} at a time, {child_threads(jobs)} thread(s) each")
 
     def one(i: int, point: dict[str, Any], ov: list[str]) -> dict[str, Any] | None:

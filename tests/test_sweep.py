@@ -94,3 +94,22 @@ def test_each_point_keeps_its_own_stages_at_every_scale(tmp_path) -> None:
             steps[scale, cfg.run_name] = [s.max_steps for s in cfg.stages]
     assert steps["full", "strategy=short"] == [60] and steps["full", "strategy=two"] == [250, 60]
     assert steps["small", "strategy=short"] == [30] and steps["small", "strategy=two"] == [125, 30]
+
+
+def test_overrides_apply_after_the_variant_and_are_checked_first(tmp_path, monkeypatch) -> None:
+    """``stages.1.max_steps=2`` refers to a stage only the ``two`` variant has: valid when that point is pinned
+    (it was refused against the base config), and a bad key stops the sweep before any run starts."""
+    import lit3drft.sweep as sweep_mod
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        f"experiment: g\noutput_dir: {tmp_path / 'runs'}\nstages: [{{kind: sft, max_steps: 100}}]\n"
+        "sweep:\n  strategy:\n    two: {stages: [{kind: sft, max_steps: 250}, {kind: grpo, max_steps: 60}]}\n"
+    )
+    calls = []
+    monkeypatch.setattr(sweep_mod, "run_point", lambda path, ov, **kw: calls.append(ov) or 1)
+    sweep_mod.sweep(str(grid), ["strategy=two", "stages.1.max_steps=2"], results_dir=tmp_path / "results")
+    assert len(calls) == 1 and [s.max_steps for s in load_config(grid, calls[0]).stages] == [250, 2]
+    with pytest.raises(ConfigError, match="stages.2"):
+        sweep_mod.sweep(str(grid), ["strategy=two", "stages.2.max_steps=2"], results_dir=tmp_path / "results")
+    assert len(calls) == 1

@@ -50,6 +50,8 @@ class Record:
     depths: list[str] = field(default_factory=list)
     video: str = ""
     num_frames: int = 0
+    depth_dir: str = ""
+    """Video rows: the directory of per-frame depth maps (relative to the media root)."""
     frame_labels: list[str] | None = None
     intrinsics: list | None = None
     cam2world: list | None = None
@@ -134,9 +136,16 @@ def _get(obj: Any, key: str, where: str, name: str) -> Any:
     return obj[key]
 
 
+def _nested_lists(value: Any) -> Any:
+    """Nested sequences as plain lists: parquet rows hold matrices as object arrays of row arrays."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+        return [_nested_lists(v) for v in value]
+    return value
+
+
 def _float_array(value: Any, where: str, name: str, what: str) -> np.ndarray:
     try:
-        return np.asarray(value, dtype=np.float64)
+        return np.asarray(_nested_lists(value), dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise BadSampleError(f"{where}: {name} must be {what}, got {str(value)[:80]}") from e
 
@@ -234,12 +243,7 @@ def vgllm_record(
     if cam2global is not None:
         c2g = np.asarray(_matrices(cam2global, len(images), where, "cam2global"))
         cam2world = (np.asarray(_matrices(align, None, where, "axis_align_matrix")) @ c2g).tolist()
-    intrinsics = None
-    if cam2img is not None:
-        intrinsics = _float_array(cam2img, where, "cam2img", "a 3x3 or 4x4 matrix")
-        if intrinsics.shape not in ((3, 3), (4, 4)) or not np.isfinite(intrinsics).all():
-            raise BadSampleError(f"{where}: cam2img must be a finite 3x3 or 4x4 matrix, got shape {intrinsics.shape}")
-        intrinsics = intrinsics[:3, :3].tolist()
+    intrinsics = _intrinsics(cam2img, where)
     metadata = row.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise BadSampleError(f"{where}: metadata must be a JSON object, got {type(metadata).__name__}")
@@ -258,10 +262,26 @@ def _json(text: str, where: str) -> Any:
         raise BadSampleError(f"{where}: answer is not JSON ({e}): {text[:80]!r}") from e
 
 
+def _intrinsics(cam2img: Any, where: str) -> list | None:
+    """``cam2img`` (3x3 or 4x4, finite) as a 3x3 list, or None when the row has none."""
+    if cam2img is None:
+        return None
+    k = _float_array(cam2img, where, "cam2img", "a 3x3 or 4x4 matrix")
+    if k.shape not in ((3, 3), (4, 4)) or not np.isfinite(k).all():
+        raise BadSampleError(f"{where}: cam2img must be a finite 3x3 or 4x4 matrix, got shape {k.shape}")
+    return k[:3, :3].tolist()
+
+
 def vsibench_record(
     row: dict, where: str, source: str, video_root: str | Path, frames: int, index: int | None = None
 ) -> Record:
-    """Parse one VSI-Bench row; the video is ``<video_root>/<dataset>/<scene_name>.mp4``."""
+    """Parse one VSI-Bench row; the video is ``<video_root>/<dataset>/<scene_name>.mp4``.
+
+    Two optional fields, not in the published benchmark, give the ``depth`` geometry prior what it needs:
+    ``depth_dir`` (relative to ``video_root``: one depth map per video frame, ``<frame index:05d>.png`` in
+    uint16 millimetres or ``.npy`` in metres) and ``cam2img`` (the camera's 3x3 or 4x4 intrinsics). The
+    embedded benchmark writes both; rows without them load no depth.
+    """
     if not isinstance(row, dict):
         raise BadSampleError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     try:
@@ -292,13 +312,19 @@ def vsibench_record(
             raise BadSampleError(f"{where}: numerical ground_truth {gt!r} is not finite")
         answer = P.format_number(gt)
         options = None
+    depth_dir = row.get("depth_dir") or ""
+    if not isinstance(depth_dir, str):
+        raise BadSampleError(f"{where}: depth_dir must be a path, got {type(depth_dir).__name__}")
+    intrinsics = _intrinsics(row.get("cam2img"), where)
+    if bool(depth_dir) != (intrinsics is not None):
+        raise BadSampleError(f"{where}: depth_dir and cam2img go together (the depth prior needs both)")
     meta = {"source": source, "file": where.rsplit(":", 1)[0], "dataset": str(row["dataset"]),
             "scene_name": str(row["scene_name"]), "question_type": qtype}  # fmt: skip
     return Record(
         id=f"{source}/{row.get('id', _row_index(where, index))}", task="spatial", prompt=P.vsi_prompt(question, options),
         answer=answer, think=str(row.get("think") or ""),
         target={"question_type": qtype, "ground_truth": gt, "options": options}, video=str(video),
-        num_frames=frames, meta=meta,
+        num_frames=frames, depth_dir=depth_dir, intrinsics=intrinsics, meta=meta,
     )  # fmt: skip
 
 
@@ -385,6 +411,13 @@ def _read_depth(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float32) / 1000.0  # uint16 millimetres (ScanNet)
 
 
+def _video_depth_path(directory: Path, frame: int) -> Path:
+    """``<directory>/<frame:05d>.png``, or ``.npy`` when only that exists (the error then names the ``.png``)."""
+    png = directory / f"{frame:05d}.png"
+    npy = png.with_suffix(".npy")
+    return npy if not png.exists() and npy.exists() else png
+
+
 def load_sample(
     rec: Record,
     mode: str,
@@ -406,6 +439,8 @@ def load_sample(
     else:
         frames = [_read_media(root / p, where, _read_rgb) for p in rec.images]
     depth = [_read_media(root / p, where, _read_depth) for p in rec.depths] if load_depth and rec.depths else None
+    if load_depth and rec.video and rec.depth_dir:
+        depth = [_read_media(_video_depth_path(root / rec.depth_dir, i), where, _read_depth) for i in idx]
     if image_size:
         frames = [f.resize(tuple(image_size), Image.BILINEAR) for f in frames]
     target = {"task": rec.task, "mode": mode, **rec.target}

@@ -368,6 +368,10 @@ def spatial_rows(scene: Scene, rng: np.random.Generator, per_type: int, min_px: 
                     "options": options,
                     "ground_truth": gt,
                     "think": think,
+                    # lit3drft extension (not in VSI-Bench): per-video-frame depth for the depth geometry prior,
+                    # relative to the VSI-Bench media root (<root>/videos)
+                    "depth_dir": f"../scenes/{scene.name}/depth",
+                    "cam2img": _m(scene.intrinsics),
                 }  # fmt: skip
             )
     return rows

@@ -259,7 +259,10 @@ class Policy(nn.Module):
         entries = []
         for s in samples:
             if s.depth is None or s.intrinsics is None:
-                raise ValueError(f"geometry=depth needs Sample.depth and Sample.intrinsics; sample {s.id} has none")
+                raise ValueError(
+                    f"geometry=depth needs Sample.depth and Sample.intrinsics; sample {s.id} has none (VG-LLM rows: "
+                    "depths + cam2img; VSI-Bench rows: depth_dir + cam2img)"
+                )
             maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
             entries.extend([maps] if video else [[m] for m in maps])
         rows = geometry_patches(entries, grid, ip.patch_size, ip.merge_size, ip.temporal_patch_size)

@@ -52,6 +52,7 @@ def test_samples_follow_the_contract(bench, stem, mode):
         assert len(s.target["cam2global"]) == len(s.frames) and len(s.target["axis_align_matrix"]) == 4
     else:
         assert len(s.frames) == 8 and s.target["question_type"]
+        assert len(s.depth) == 8 and s.intrinsics.shape == (3, 3)  # the embedded benchmark's depth_dir + cam2img
         if s.target["options"]:
             assert s.target["ground_truth"] in "ABCD" and "Options:" in s.prompt
         else:
@@ -119,3 +120,50 @@ def test_vsibench_parquet_and_undecodable_video(bench, tmp_path):
     missing = write_jsonl(tmp_path / "m.jsonl", [dict(row, scene_name="nowhere")])
     with pytest.raises(BadSampleError, match=r"m\.jsonl:0 \(line 1\): missing video"):
         read_records(missing, "spatial", "vsibench", "v", tmp_path / "videos")
+
+
+def test_vsibench_depth_is_the_rendered_depth_of_the_sampled_frames(bench):
+    """Depth of a video sample = the scene's stored depth maps at the frame indices decord sampled, and those
+    match the video frames: the depth map's far wall is where the RGB frame shows room, not an object."""
+    import numpy as np
+    from PIL import Image
+
+    root, _ = bench
+    rec = read_records(
+        root / "tasks" / "train" / "vsibench.jsonl", "spatial", "vsibench", "v", media(root, "vsibench"), 5
+    )[0]
+    s = load_sample(rec, "da", media(root, "vsibench"), load_depth=True)
+    idx = s.meta["frame_indices"]
+    assert len(idx) == 5 and idx[0] == 0
+    scene_dir = root / "scenes" / rec.meta["scene_name"]
+    for i, d in zip(idx, s.depth):
+        expected = np.asarray(Image.open(scene_dir / "depth" / f"{i:05d}.png"), dtype=np.float32) / 1000.0
+        np.testing.assert_array_equal(d, expected)
+        assert d.shape == (112, 112) and 0.05 < d.min() and d.max() < 20  # metres inside a room
+    scene = json.loads((scene_dir / "scene.json").read_text())
+    np.testing.assert_allclose(s.intrinsics, scene["intrinsics"], atol=1e-6)
+    # without load_depth, or for a row of the published format (no depth_dir / cam2img), nothing is loaded
+    assert load_sample(rec, "da", media(root, "vsibench")).depth is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"cam2img": None}, "go together"), ({"depth_dir": None, "cam2img": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, "go together"),
+     ({"depth_dir": 3}, "depth_dir must be a path"), ({"cam2img": [[1, 2], [3, 4]]}, "cam2img must be")],
+)  # fmt: skip
+def test_vsibench_depth_fields_checked(bench, tmp_path, change, message):
+    root, _ = bench
+    row = {**first_row(root, "vsibench"), **change}
+    path = write_jsonl(tmp_path / "v.jsonl", [row])
+    with pytest.raises(BadSampleError, match=message):
+        read_records(path, "spatial", "vsibench", "v", media(root, "vsibench"), 8)
+
+
+def test_vsibench_missing_depth_map_names_the_file(bench, tmp_path):
+    root, _ = bench
+    row = {**first_row(root, "vsibench"), "depth_dir": "../scenes/no_such_scene/depth"}
+    rec = read_records(
+        write_jsonl(tmp_path / "v.jsonl", [row]), "spatial", "vsibench", "v", media(root, "vsibench"), 4
+    )[0]
+    with pytest.raises(BadSampleError, match="no_such_scene/depth/00000.png"):
+        load_sample(rec, "da", media(root, "vsibench"), load_depth=True)

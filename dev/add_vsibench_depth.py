@@ -1,0 +1,40 @@
+"""One-off upgrade of an embedded benchmark rendered before VSI-Bench rows carried depth (2026-11-26).
+
+Adds ``depth_dir`` and ``cam2img`` (see ``lit3drft.data.readers.vsibench_record``) to every row of
+``<root>/tasks/*/vsibench.jsonl`` from the scene's ``scene.json``, exactly as ``lit3drft.data.tasks`` now writes
+them, and replaces each file atomically. Re-rendering gives the same files (checked on two scenes):
+
+    python dev/add_vsibench_depth.py data/synth3d-tiny
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lit3drft.data.tasks import _m
+
+
+def upgrade(root: Path) -> int:
+    changed = 0
+    for path in sorted(root.glob("tasks/*/vsibench.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            if "depth_dir" in row:
+                continue
+            scene = json.loads((root / "scenes" / row["scene_name"] / "scene.json").read_text())
+            row["depth_dir"] = f"../scenes/{row['scene_name']}/depth"
+            row["cam2img"] = _m(scene["intrinsics"])
+            changed += 1
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    return changed
+
+
+if __name__ == "__main__":
+    print(f"{upgrade(Path(sys.argv[1]))} rows upgraded")
