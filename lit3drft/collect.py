@@ -127,19 +127,59 @@ def collect(
     return summary
 
 
+PLOT_METRICS = ("test/detection/f1", "test/grounding/acc@0.25", "test/spatial/overall", "test/format_rate")
+"""Panels of ``summary.png``: one headline metric per task, and the format rate."""
+
+
+def setting_curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
+    """GRPO-stage training curves averaged over seeds: columns setting, tag, step, value, n (seeds at that step).
+
+    ``setting`` is the run name without its ``__seed=N`` part (runs of one setting differ only in the seed).
+    """
+    c = curves(experiment, runs_root)
+    if c.empty:
+        return c.assign(setting=[], n=[])
+    c = c[c["stage"].str.contains("grpo")].copy()
+    c["setting"] = c["run"].str.replace(r"(^|__)seed=[^_]+$", "", regex=True).replace("", "all")
+    return c.groupby(["setting", "tag", "step"], as_index=False)["value"].agg(value="mean", n="count")
+
+
+def write_plots(
+    experiment: str, summary: pd.DataFrame, results_dir: str | Path = "results", runs_root: str | Path = "runs"
+) -> list[Path]:
+    """``summary.png`` (bars, mean ± std over seeds) and, when the runs' event files are here, ``curves.png``."""
+    from lit3drft.plots import plot_curves, plot_summary
+
+    out = Path(results_dir) / experiment
+    written = [plot_summary(summary, list(PLOT_METRICS), out / "summary.png", title=experiment)]
+    c = setting_curves(experiment, runs_root)
+    if c.empty:
+        print(
+            f"[collect] {experiment}: no GRPO event files under {runs_root}/{experiment}: no curves.png",
+            file=sys.stderr,
+        )
+    else:
+        written.append(plot_curves(c, out / "curves.png", by="setting"))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lit3drft.collect", description=__doc__.splitlines()[0])
     parser.add_argument("experiments", nargs="*", help="experiment names (default: every results/<name>/runs.csv)")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--metrics-from", default="", help="take test metrics from each run's <dir>, e.g. eval-test")
+    parser.add_argument("--plots", action="store_true", help="also write summary.png and curves.png (seed means)")
     args = parser.parse_args(argv)
     names = args.experiments or sorted(p.parent.name for p in Path(args.results_dir).glob("*/runs.csv"))
     if not names:
         print(f"no runs.csv under {args.results_dir}/", file=sys.stderr)
         return 1
     for name in names:
-        collect(name, args.results_dir, args.metrics_from, args.runs_dir)
+        summary = collect(name, args.results_dir, args.metrics_from, args.runs_dir)
+        if args.plots:
+            for png in write_plots(name, summary, args.results_dir, args.runs_dir):
+                print(f"[collect] wrote {png}")
         stem = f"table-{args.metrics_from}" if args.metrics_from else "table"
         print(f"## {name}\n{(Path(args.results_dir) / name / f'{stem}.md').read_text()}")
     return 0

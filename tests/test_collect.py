@@ -51,3 +51,37 @@ def test_metrics_from_a_re_evaluation(tmp_path: Path) -> None:
     summary = collect("exp", tmp_path / "results", "eval-test", tmp_path / "runs")
     assert np.isclose(summary["test/f1 mean"].iloc[0], 0.6)
     assert (tmp_path / "results" / "exp" / "table-eval-test.md").exists()
+
+
+def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_path: Path) -> None:
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lit3drft.collect import setting_curves, write_plots
+
+    logged = {}
+    for beta in ("0.0", "0.1"):
+        for seed in (0, 1):
+            run = f"beta={beta}__seed={seed}"
+            for stage in ("0-sft", "1-grpo"):
+                with SummaryWriter(tmp_path / "runs" / "exp" / run / "tb" / stage) as w:
+                    for step in (0, 10):
+                        value = float(beta) + seed + step / 10 + (100 if stage == "0-sft" else 0)
+                        w.add_scalar("train/reward", value, step)
+                        logged[beta, seed, stage, step] = value
+    c = setting_curves("exp", tmp_path / "runs")
+    assert set(c["setting"]) == {"beta=0.0", "beta=0.1"} and set(c["n"]) == {2}
+    for (setting, step), row in c.set_index(["setting", "step"]).iterrows():
+        beta = setting.split("=")[1]
+        expected = np.mean([logged[beta, s, "1-grpo", step] for s in (0, 1)])  # the SFT stage is left out
+        assert np.isclose(row["value"], expected)
+    runs = pd.DataFrame(
+        {"run": ["a", "b"], "grpo.beta": [0.0, 0.1], "seed": [0, 0], "test/spatial/overall": [30.0, 40.0]}
+    )
+    (tmp_path / "results" / "exp").mkdir(parents=True)
+    runs.to_csv(tmp_path / "results" / "exp" / "runs.csv", index=False)
+    summary = collect("exp", tmp_path / "results")
+    pngs = write_plots("exp", summary, tmp_path / "results", tmp_path / "runs")
+    assert [p.name for p in pngs] == ["summary.png", "curves.png"]
+    assert all(Image.open(p).size[0] > 100 for p in pngs)
+    assert [p.name for p in write_plots("exp", summary, tmp_path / "results", tmp_path / "none")] == ["summary.png"]
