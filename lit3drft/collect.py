@@ -76,7 +76,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     if group_keys:
         stats = agg.agg(["mean", "std", "count"])
         stats.columns = [f"{m} {'n' if s == 'count' else s}" for m, s in stats.columns]
-        return stats.reset_index()
+        return stats.copy().reset_index()  # copy: one block (agg leaves ~200 fragments for 70 metrics)
     row = {
         f"{m} {s}": v
         for m in metrics

@@ -45,17 +45,21 @@ def plot_summary(summary: pd.DataFrame, metrics: list[str], out: str | Path, tit
 
 
 def plot_curves(curves: pd.DataFrame, out: str | Path, tags: tuple[str, ...] = CURVE_TAGS, by: str = "run") -> Path:
-    """One panel per tag, one line per ``by`` value (runs), x = step -> PNG."""
+    """One panel per tag (4 per row), one line per ``by`` value (runs), x = step -> PNG."""
     present = [t for t in tags if t in set(curves["tag"])]
     if not present:
         raise ValueError(f"none of {tags} among the logged tags")
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present) + 1, 3.0), squeeze=False)
-    for ax, tag in zip(axes[0], present):
+    cols = min(4, len(present))
+    rows = -(-len(present) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(present) :]:
+        ax.axis("off")
+    for ax, tag in zip(axes.flat, present):
         for name, group in curves[curves["tag"] == tag].groupby(by):
             ax.plot(group["step"], group["value"], label=str(name), lw=1)
         ax.set_title(tag.removeprefix("train/"), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    axes[0][-1].legend(fontsize=6)
+    axes.flat[len(present) - 1].legend(fontsize=6)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
