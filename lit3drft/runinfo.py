@@ -14,14 +14,21 @@ import torch
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """Short commit of the working tree (``-dirty`` when it has changes), or ``unknown`` outside git."""
+    """Short commit of the working tree (``-dirty`` when it has changes outside ``results/``), or ``unknown``.
+
+    Changes under ``results/`` do not count: a sweep appending rows to a committed ``runs.csv`` would otherwise
+    mark every later run of the grid dirty.
+    """
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
