@@ -19,8 +19,9 @@ from lit3drft.data.tasks import _m
 
 
 def upgrade(root: Path) -> int:
-    changed = 0
+    total = 0
     for path in sorted(root.glob("tasks/*/vsibench.jsonl")):
+        changed = 0
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for row in rows:
             if "depth_dir" in row:
@@ -29,11 +30,15 @@ def upgrade(root: Path) -> int:
             row["depth_dir"] = f"../scenes/{row['scene_name']}/depth"
             row["cam2img"] = _m(scene["intrinsics"])
             changed += 1
+        if not changed:
+            continue
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600
         with os.fdopen(fd, "w") as fh:
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, path)
-    return changed
+        total += changed
+    return total
 
 
 if __name__ == "__main__":

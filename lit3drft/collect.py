@@ -131,35 +131,54 @@ PLOT_METRICS = ("test/detection/f1", "test/grounding/acc@0.25", "test/spatial/ov
 """Panels of ``summary.png``: one headline metric per task, and the format rate."""
 
 
-def setting_curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
+def setting_curves(experiment: str, runs: pd.DataFrame, runs_root: str | Path = "runs") -> pd.DataFrame:
     """GRPO-stage training curves averaged over seeds: columns setting, tag, step, value, n (seeds at that step).
 
-    ``setting`` is the run name without its ``__seed=N`` part (runs of one setting differ only in the seed).
+    Only the runs in ``runs`` (the rows of ``runs.csv``: finished runs) count; a run's ``setting`` joins its
+    swept keys other than ``seed`` (``k=v`` pairs, in column order; ``all`` when seed is the only key).
     """
+    keys = [k for k in split_columns(runs)[0] if k != "seed"]
+    label = runs.apply(lambda r: "__".join(f"{k}={r[k]}" for k in keys) or "all", axis=1) if len(runs) else []
+    settings = pd.DataFrame({"run": runs["run"].astype(str), "setting": label})
     c = curves(experiment, runs_root)
+    empty = pd.DataFrame(columns=["setting", "tag", "step", "value", "n"])
     if c.empty:
-        return c.assign(setting=[], n=[])
-    c = c[c["stage"].str.contains("grpo")].copy()
-    c["setting"] = c["run"].str.replace(r"(^|__)seed=[^_]+$", "", regex=True).replace("", "all")
+        return empty
+    c = c[c["stage"].str.contains("grpo")].merge(settings, on="run", how="inner")
+    if c.empty:
+        return empty
     return c.groupby(["setting", "tag", "step"], as_index=False)["value"].agg(value="mean", n="count")
 
 
 def write_plots(
-    experiment: str, summary: pd.DataFrame, results_dir: str | Path = "results", runs_root: str | Path = "runs"
+    experiment: str,
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    results_dir: str | Path = "results",
+    runs_root: str | Path = "runs",
+    stem: str = "",
 ) -> list[Path]:
-    """``summary.png`` (bars, mean ± std over seeds) and, when the runs' event files are here, ``curves.png``."""
+    """``summary<stem>.png`` (bars, mean ± std over seeds) and, when the runs' event files are here,
+    ``curves.png``; a plot with nothing to show is skipped with a message, never an error after the tables."""
     from lit3drft.plots import plot_curves, plot_summary
 
     out = Path(results_dir) / experiment
-    written = [plot_summary(summary, list(PLOT_METRICS), out / "summary.png", title=experiment)]
-    c = setting_curves(experiment, runs_root)
+    written = []
+    try:
+        written.append(plot_summary(summary, list(PLOT_METRICS), out / f"summary{stem}.png", title=experiment))
+    except ValueError as err:
+        print(f"[collect] {experiment}: no summary plot ({err})", file=sys.stderr)
+    c = setting_curves(experiment, runs, runs_root)
     if c.empty:
         print(
-            f"[collect] {experiment}: no GRPO event files under {runs_root}/{experiment}: no curves.png",
+            f"[collect] {experiment}: no GRPO event files of its runs under {runs_root}/: no curves.png",
             file=sys.stderr,
         )
-    else:
+        return written
+    try:
         written.append(plot_curves(c, out / "curves.png", by="setting"))
+    except ValueError as err:
+        print(f"[collect] {experiment}: no curves plot ({err})", file=sys.stderr)
     return written
 
 
@@ -178,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         summary = collect(name, args.results_dir, args.metrics_from, args.runs_dir)
         if args.plots:
-            for png in write_plots(name, summary, args.results_dir, args.runs_dir):
+            runs = load_runs(name, args.results_dir, args.metrics_from, args.runs_dir)
+            suffix = f"-{args.metrics_from}" if args.metrics_from else ""
+            for png in write_plots(name, runs, summary, args.results_dir, args.runs_dir, suffix):
                 print(f"[collect] wrote {png}")
         stem = f"table-{args.metrics_from}" if args.metrics_from else "table"
         print(f"## {name}\n{(Path(args.results_dir) / name / f'{stem}.md').read_text()}")

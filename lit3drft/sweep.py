@@ -203,22 +203,32 @@ def result_row(cfg: RunConfig, point: dict[str, Any], metrics_payload: dict[str,
 # ----------------------------------------------------------------------------------------------- running
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def child_threads(jobs: int, env: dict[str, str] | None = None) -> int:
-    """Intra-op threads for each of ``jobs`` concurrent runs: ``OMP_NUM_THREADS`` if set, else cores // jobs.
+    """Intra-op threads for each of ``jobs`` concurrent runs: ``OMP_NUM_THREADS`` if set to a positive integer,
+    else available cores // jobs (at least 1).
 
     Torch starts every process with one thread per core, so N concurrent runs would ask N x cores threads of
     the machine and slow each other down (measured: 2 runs on 2 cores, ~30 s per GRPO step instead of ~13 s).
 
     Example:
-        >>> child_threads(2, {})  >= 1
-        True
         >>> child_threads(4, {"OMP_NUM_THREADS": "3"})
         3
+        >>> child_threads(10**6, {"OMP_NUM_THREADS": "0"})  # not a positive integer: cores // jobs, at least 1
+        1
     """
     env = os.environ if env is None else env
-    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
-        return int(env["OMP_NUM_THREADS"])
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    value = env.get("OMP_NUM_THREADS", "").strip()
+    if value.isdecimal() and value.isascii() and int(value) > 0:
+        return int(value)
+    return max(1, available_cores() // max(1, jobs))
 
 
 def run_point(path: str, overrides: list[str], resume: bool = True, quiet: bool = False, jobs: int = 1) -> int:
@@ -243,6 +253,9 @@ def sweep(
     grid = _sweep_of(path)
     if not grid:
         raise ConfigError(f"{path} has no sweep: block; run it with python -m lit3drft.fit")
+    bad = [o for o in overrides if o.split("=")[0] == "sweep" or o.startswith("sweep.")]
+    if bad:
+        raise ConfigError(f"{bad[0]!r}: the grid comes from the file; pin swept keys instead (e.g. seed=0)")
     # the other overrides apply to each point *after* its variant (a variant may add stages they refer to):
     # check every point's config before running any
     tasks = list(zip(select_points(grid, overrides)[0], point_configs(path, overrides, scale)))

@@ -69,10 +69,15 @@ def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_
                         value = float(beta) + seed + step / 10 + (100 if stage == "0-sft" else 0)
                         w.add_scalar("train/reward", value, step)
                         logged[beta, seed, stage, step] = value
-    c = setting_curves("exp", tmp_path / "runs")
-    assert set(c["setting"]) == {"beta=0.0", "beta=0.1"} and set(c["n"]) == {2}
+    # a run directory without a row (failed, or not of this grid) is left out
+    with SummaryWriter(tmp_path / "runs" / "exp" / "beta=0.0__seed=9" / "tb" / "1-grpo") as w:
+        w.add_scalar("train/reward", 1000.0, 0)
+    rows = pd.DataFrame({"run": [f"beta={b}__seed={s}" for b in ("0.0", "0.1") for s in (0, 1)],
+                         "grpo.beta": ["0.0", "0.0", "0.1", "0.1"], "seed": [0, 1] * 2, "test/x": [1.0] * 4})  # fmt: skip
+    c = setting_curves("exp", rows, tmp_path / "runs")
+    assert set(c["setting"]) == {"grpo.beta=0.0", "grpo.beta=0.1"} and set(c["n"]) == {2}
     for (setting, step), row in c.set_index(["setting", "step"]).iterrows():
-        beta = setting.split("=")[1]
+        beta = setting.split("=")[1]  # "grpo.beta=0.0"
         expected = np.mean([logged[beta, s, "1-grpo", step] for s in (0, 1)])  # the SFT stage is left out
         assert np.isclose(row["value"], expected)
     runs = pd.DataFrame(
@@ -81,7 +86,11 @@ def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_
     (tmp_path / "results" / "exp").mkdir(parents=True)
     runs.to_csv(tmp_path / "results" / "exp" / "runs.csv", index=False)
     summary = collect("exp", tmp_path / "results")
-    pngs = write_plots("exp", summary, tmp_path / "results", tmp_path / "runs")
+    pngs = write_plots("exp", rows, summary, tmp_path / "results", tmp_path / "runs")
     assert [p.name for p in pngs] == ["summary.png", "curves.png"]
     assert all(Image.open(p).size[0] > 100 for p in pngs)
-    assert [p.name for p in write_plots("exp", summary, tmp_path / "results", tmp_path / "none")] == ["summary.png"]
+    assert [p.name for p in write_plots("exp", rows, summary, tmp_path / "results", tmp_path / "none")] == [
+        "summary.png"
+    ]
+    # nothing to plot: a message, not an error after the tables were written
+    assert write_plots("exp", rows, summary[["grpo.beta"]], tmp_path / "results", tmp_path / "none") == []

@@ -113,3 +113,22 @@ def test_overrides_apply_after_the_variant_and_are_checked_first(tmp_path, monke
     with pytest.raises(ConfigError, match="stages.2"):
         sweep_mod.sweep(str(grid), ["strategy=two", "stages.2.max_steps=2"], results_dir=tmp_path / "results")
     assert len(calls) == 1
+
+
+def test_child_threads_split_the_available_cores(monkeypatch) -> None:
+    import lit3drft.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [sweep_mod.child_threads(j, {}) for j in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert sweep_mod.child_threads(2, {"OMP_NUM_THREADS": "3"}) == 3
+    for odd in ("0", "-1", "x", "\u00b2", "2,1", ""):
+        assert sweep_mod.child_threads(2, {"OMP_NUM_THREADS": odd}) == 4
+
+
+def test_sweep_overrides_of_the_grid_itself_are_refused(tmp_path) -> None:
+    import lit3drft.sweep as sweep_mod
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("experiment: g\nsweep:\n  seed: [0, 1]\n")
+    with pytest.raises(ConfigError, match="pin swept keys"):
+        sweep_mod.sweep(str(grid), ["sweep.seed=[0]"], results_dir=tmp_path)

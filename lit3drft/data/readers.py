@@ -279,8 +279,9 @@ def vsibench_record(
 
     Two optional fields, not in the published benchmark, give the ``depth`` geometry prior what it needs:
     ``depth_dir`` (relative to ``video_root``: one depth map per video frame, ``<frame index:05d>.png`` in
-    uint16 millimetres or ``.npy`` in metres) and ``cam2img`` (the camera's 3x3 or 4x4 intrinsics). The
-    embedded benchmark writes both; rows without them load no depth.
+    uint16 millimetres or ``.npy`` in metres) and ``cam2img`` (3x3 or 4x4 intrinsics *of the depth maps*, at
+    their resolution: the ray maps are built on the depth pixel grid; ScanNet's depth camera differs from its
+    colour camera). The embedded benchmark writes both; rows without them load no depth.
     """
     if not isinstance(row, dict):
         raise BadSampleError(f"{where}: a row must be a JSON object, got {type(row).__name__}")

@@ -261,7 +261,8 @@ class Policy(nn.Module):
             if s.depth is None or s.intrinsics is None:
                 raise ValueError(
                     f"geometry=depth needs Sample.depth and Sample.intrinsics; sample {s.id} has none (VG-LLM rows: "
-                    "depths + cam2img; VSI-Bench rows: depth_dir + cam2img)"
+                    "depths + cam2img; VSI-Bench rows: depth_dir + cam2img; an embedded benchmark rendered before "
+                    "2026-11-26 lacks them: python dev/add_vsibench_depth.py DATA_ROOT)"
                 )
             maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
             entries.extend([maps] if video else [[m] for m in maps])
