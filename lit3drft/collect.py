@@ -127,6 +127,34 @@ def collect(
     return summary
 
 
+def paired_differences(runs: pd.DataFrame, key: str, baseline: str) -> pd.DataFrame:
+    """Per-seed differences against ``key == baseline`` at equal values of the other swept keys: mean, std, n.
+
+    For grids whose arms share a seed-determined prefix (every ``strategy`` arm of ``ablation_strategy``
+    starts from a bit-identical SFT stage per seed), the difference on the same seed removes the seed's own
+    noise from the comparison. Rows: each other value of ``key`` (and of the other keys); columns like
+    :func:`summarise`.
+
+    Example:
+        >>> runs = pd.DataFrame({"run": list("abcd"), "arm": ["sft", "rl"] * 2, "seed": [0, 0, 1, 1],
+        ...                      "test/x": [30.0, 34.0, 40.0, 42.0]})
+        >>> paired_differences(runs, "arm", "sft")[["arm", "test/x mean", "test/x std", "test/x n"]].to_dict("list")
+        {'arm': ['rl'], 'test/x mean': [3.0], 'test/x std': [1.4142135623730951], 'test/x n': [2]}
+    """
+    keys, metrics = split_columns(runs)
+    if key not in keys or "seed" not in keys:
+        raise ValueError(f"paired differences need the swept key {key!r} and seed among {keys}")
+    if baseline not in set(runs[key].astype(str)):
+        raise ValueError(f"{key}={baseline!r} is not in the runs (values: {sorted(set(runs[key].astype(str)))})")
+    others = [k for k in keys if k not in (key, "seed")]
+    runs = runs.assign(**{key: runs[key].astype(str)})
+    base = runs[runs[key] == baseline].set_index([*others, "seed"])[metrics]
+    rest = runs[runs[key] != baseline].set_index([*others, "seed"])
+    diff = rest[metrics].sub(base.reindex(rest.index)).assign(**{key: rest[key]}).reset_index()
+    diff = diff.dropna(subset=metrics, how="all")  # a seed whose baseline run is missing pairs with nothing
+    return summarise(diff)
+
+
 PLOT_METRICS = ("test/detection/f1", "test/grounding/acc@0.25", "test/spatial/overall", "test/format_rate")
 """Panels of ``summary.png``: one headline metric per task, and the format rate."""
 
@@ -189,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--metrics-from", default="", help="take test metrics from each run's <dir>, e.g. eval-test")
     parser.add_argument("--plots", action="store_true", help="also write summary.png and curves.png (seed means)")
+    parser.add_argument("--paired", default="", metavar="KEY=BASELINE",
+                        help="also write paired.md/.csv: per-seed differences against KEY=BASELINE")  # fmt: skip
     args = parser.parse_args(argv)
     names = args.experiments or sorted(p.parent.name for p in Path(args.results_dir).glob("*/runs.csv"))
     if not names:
@@ -203,6 +233,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[collect] wrote {png}")
         stem = f"table-{args.metrics_from}" if args.metrics_from else "table"
         print(f"## {name}\n{(Path(args.results_dir) / name / f'{stem}.md').read_text()}")
+        if args.paired:
+            key, _, baseline = args.paired.partition("=")
+            runs = load_runs(name, args.results_dir, args.metrics_from, args.runs_dir)
+            try:
+                paired = paired_differences(runs, key, baseline)
+            except ValueError as err:
+                print(f"[collect] {name}: no paired table ({err})", file=sys.stderr)
+                continue
+            out = Path(args.results_dir) / name
+            paired.to_csv(out / "paired.csv", index=False)
+            md = f"Per-seed differences against {key} = {baseline} (same seed), mean ± std (n pairs):\n\n"
+            (out / "paired.md").write_text(md + markdown_table(paired))
+            print((out / "paired.md").read_text())
     return 0
 
 

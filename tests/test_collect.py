@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from lit3drft.collect import collect, markdown_table, summarise
 
@@ -94,3 +95,25 @@ def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_
     ]
     # nothing to plot: a message, not an error after the tables were written
     assert write_plots("exp", rows, summary[["grpo.beta"]], tmp_path / "results", tmp_path / "none") == []
+
+
+def test_paired_differences_by_hand() -> None:
+    from lit3drft.collect import paired_differences
+
+    rows = []
+    values = {("sft", "none"): [30.0, 40.0, 35.0], ("rl", "none"): [33.0, 41.0, 39.0],
+              ("sft", "depth"): [20.0, 22.0, None], ("rl", "depth"): [25.0, 21.0, 50.0]}  # fmt: skip
+    for (arm, geo), vals in values.items():
+        for seed, v in enumerate(vals):
+            if v is not None:  # depth seed 2 has no baseline run: its rl run pairs with nothing
+                rows.append({"run": f"{arm}_{geo}_{seed}", "arm": arm, "geo": geo, "seed": seed, "test/x": v})
+    out = paired_differences(pd.DataFrame(rows), "arm", "sft").set_index(["arm", "geo"])
+    none, depth = [3.0, 1.0, 4.0], [5.0, -1.0]
+    assert np.isclose(out.loc[("rl", "none"), "test/x mean"], np.mean(none))
+    assert np.isclose(out.loc[("rl", "none"), "test/x std"], np.std(none, ddof=1))
+    assert (
+        np.isclose(out.loc[("rl", "depth"), "test/x mean"], np.mean(depth))
+        and out.loc[("rl", "depth"), "test/x n"] == 2
+    )
+    with pytest.raises(ValueError, match="not in the runs"):
+        paired_differences(pd.DataFrame(rows), "arm", "sft_sft")
