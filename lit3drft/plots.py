@@ -54,13 +54,18 @@ def plot_curves(curves: pd.DataFrame, out: str | Path, tags: tuple[str, ...] = C
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False)
     for ax in axes.flat[len(present) :]:
         ax.axis("off")
+    # one colour per series across every panel (a series missing from a panel, e.g. no KL at beta 0, must not
+    # shift the others' colours), and every series in the legend
+    series = sorted(curves[by].astype(str).unique())
+    colour = {name: f"C{i % 10}" for i, name in enumerate(series)}
     for ax, tag in zip(axes.flat, present):
         for name, group in curves[curves["tag"] == tag].groupby(by):
-            ax.plot(group["step"], group["value"], label=str(name), lw=1)
+            ax.plot(group["step"], group["value"], color=colour[str(name)], lw=1)
         ax.set_title(tag.removeprefix("train/"), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    axes.flat[len(present) - 1].legend(fontsize=6)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colour[name], lw=1) for name in series]
+    fig.legend(handles, series, loc="lower center", ncol=min(len(series), 4), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * ((len(series) - 1) // 4), 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
