@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lit3drft.data.tasks import _m
+from lit3drft.data.tasks import vsi_depth_fields
 
 
 def upgrade(root: Path) -> int:
@@ -27,8 +27,7 @@ def upgrade(root: Path) -> int:
             if "depth_dir" in row:
                 continue
             scene = json.loads((root / "scenes" / row["scene_name"] / "scene.json").read_text())
-            row["depth_dir"] = f"../scenes/{row['scene_name']}/depth"
-            row["cam2img"] = _m(scene["intrinsics"])
+            row.update(vsi_depth_fields(row["scene_name"], scene["intrinsics"]))
             changed += 1
         if not changed:
             continue

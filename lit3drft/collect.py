@@ -115,10 +115,16 @@ def curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
 
 
 def collect(
-    experiment: str, results_dir: str | Path = "results", metrics_from: str = "", runs_root: str | Path = "runs"
+    experiment: str,
+    results_dir: str | Path = "results",
+    metrics_from: str = "",
+    runs_root: str | Path = "runs",
+    runs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Write ``table.csv`` and ``table.md`` (``table-<metrics_from>.*`` for re-evaluations); return the summary."""
-    runs = load_runs(experiment, results_dir, metrics_from, runs_root)
+    """Write ``table.csv`` and ``table.md`` (``table-<metrics_from>.*`` for re-evaluations); return the summary.
+    ``runs``: the experiment's rows when the caller already loaded them (else read here)."""
+    if runs is None:
+        runs = load_runs(experiment, results_dir, metrics_from, runs_root)
     summary = summarise(runs)
     out = Path(results_dir) / experiment
     stem = f"table-{metrics_from}" if metrics_from else "table"
@@ -225,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs.csv under {args.results_dir}/", file=sys.stderr)
         return 1
     for name in names:
-        summary = collect(name, args.results_dir, args.metrics_from, args.runs_dir)
+        runs = load_runs(name, args.results_dir, args.metrics_from, args.runs_dir)
+        summary = collect(name, args.results_dir, args.metrics_from, args.runs_dir, runs)
         if args.plots:
-            runs = load_runs(name, args.results_dir, args.metrics_from, args.runs_dir)
             suffix = f"-{args.metrics_from}" if args.metrics_from else ""
             for png in write_plots(name, runs, summary, args.results_dir, args.runs_dir, suffix):
                 print(f"[collect] wrote {png}")
@@ -235,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## {name}\n{(Path(args.results_dir) / name / f'{stem}.md').read_text()}")
         if args.paired:
             key, _, baseline = args.paired.partition("=")
-            runs = load_runs(name, args.results_dir, args.metrics_from, args.runs_dir)
             try:
                 paired = paired_differences(runs, key, baseline)
             except ValueError as err:

@@ -331,6 +331,12 @@ BUILDERS = {
 }
 
 
+def vsi_depth_fields(scene_name: str, intrinsics: np.ndarray) -> dict:
+    """lit3drft's extension of a VSI-Bench row (not in the benchmark): per-video-frame depth for the depth
+    geometry prior, relative to the VSI-Bench media root (``<root>/videos``), and its intrinsics."""
+    return {"depth_dir": f"../scenes/{scene_name}/depth", "cam2img": _m(intrinsics)}
+
+
 def spatial_rows(scene: Scene, rng: np.random.Generator, per_type: int, min_px: int) -> list[dict]:
     """VSI-Bench rows for every question type (up to ``per_type`` distinct questions each)."""
     counts = Counter(o.category for o in scene.objects)
@@ -368,10 +374,7 @@ def spatial_rows(scene: Scene, rng: np.random.Generator, per_type: int, min_px: 
                     "options": options,
                     "ground_truth": gt,
                     "think": think,
-                    # lit3drft extension (not in VSI-Bench): per-video-frame depth for the depth geometry prior,
-                    # relative to the VSI-Bench media root (<root>/videos)
-                    "depth_dir": f"../scenes/{scene.name}/depth",
-                    "cam2img": _m(scene.intrinsics),
+                    **vsi_depth_fields(scene.name, scene.intrinsics),
                 }  # fmt: skip
             )
     return rows
