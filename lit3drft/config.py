@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lit3drft.algorithms.config import GRPOConfig
 from lit3drft.data.config import DataConfig
+from lit3drft.data.perception import PretrainConfig
 from lit3drft.models.config import ModelConfig
 from lit3drft.rewards.config import RewardConfig
 
@@ -68,8 +69,9 @@ class TrainerConfig:
 class StageConfig:
     """One training stage; a run is a list of them, each starting from the previous stage's weights."""
 
-    kind: Literal["sft", "grpo"] = "sft"
-    """``sft`` (answer-token cross-entropy) or ``grpo`` (RL on verifiable rewards)."""
+    kind: Literal["sft", "grpo", "pretrain"] = "sft"
+    """``sft`` (answer-token cross-entropy), ``grpo`` (RL on verifiable rewards) or ``pretrain`` (perception
+    pretraining on rooms rendered on the fly with dense per-token losses, see ``pretrain``; saves an HF directory)."""
     name: str = ""
     """Stage name in logs and directories (default: ``<index>-<kind>``)."""
     max_steps: int = 100
@@ -102,6 +104,9 @@ class EvalConfig:
     """Splits evaluated at the end of the run (written to ``metrics.json``)."""
     write_predictions: bool = True
     """Write ``predictions.jsonl`` with completions, parsed answers and per-sample rewards."""
+    after_stages: bool = False
+    """Also test every stage but the last as it ends (metrics under ``<stage name>/test/...`` in ``metrics.json``,
+    kept in the stage directory so ``--resume`` does not redo them); fit prints the stages' tables side by side."""
 
 
 @dataclass
@@ -126,6 +131,8 @@ class RunConfig:
     """Reward weights and options (shared by GRPO and the metrics)."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """GRPO algorithm settings used by every ``grpo`` stage."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Perception pretraining settings used by every ``pretrain`` stage (``experiments/pretrain_tiny.yaml``)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Lightning Trainer settings."""
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit3drft import sweep
 from lit3drft.config import (
@@ -38,13 +39,18 @@ from lit3drft.config import (
     to_yaml,
 )
 from lit3drft.data.datamodule import LitDataModule
-from lit3drft.models import build_policy
+from lit3drft.data.perception import PerceptionDataModule, collate_perception
+from lit3drft.models import build_policy, export_pretrained
 from lit3drft.modules.base import PolicyModule
+from lit3drft.modules.csv_logger import AppendingCSVLogger
 from lit3drft.modules.grpo import GRPOModule
+from lit3drft.modules.pretrain import PretrainModule
 from lit3drft.modules.sft import SFTModule
 from lit3drft.runinfo import device_description, format_metrics, git_commit, write_json_atomic
 
 STAGE_DONE = "trainable.pt"
+PRETRAINED_DIR = "hf"
+"""A ``pretrain`` stage also writes its policy here as a Hugging Face directory (bf16 safetensors + processor)."""
 
 
 def stage_name(index: int, stage: StageConfig) -> str:
@@ -84,7 +90,7 @@ def precision_of(cfg: RunConfig) -> str:
     return "32-true"
 
 
-def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> LitDataModule:
+def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> LitDataModule | PerceptionDataModule:
     """The DataModule for a stage (its data mix and batch size) or for evaluation (``stage=None``)."""
     data = dataclasses.replace(
         cfg.data,
@@ -99,12 +105,16 @@ def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> 
         if unknown:
             raise ConfigError(f"stage {stage.name or stage.kind}: unknown sources {unknown}; valid: {', '.join(known)}")
         data = dataclasses.replace(data, sources=[s for s in cfg.data.sources if s.name in stage.sources])
+    if stage is not None and stage.kind == "pretrain":  # rooms rendered on the fly, never the benchmark's scenes
+        return PerceptionDataModule(cfg.pretrain, data.synth, data.batch_size, data.eval_batch_size,
+                                    collate_fn=functools.partial(collate_perception, policy=policy),
+                                    num_workers=data.num_workers)  # fmt: skip
     if stage is not None and stage.kind == "sft":  # teacher forcing needs the answer tokens in the batch
         return LitDataModule(data, collate_fn=lambda samples: {"inputs": policy.collate(samples, with_answer=True)})
     return LitDataModule(data)
 
 
-def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: LitDataModule) -> PolicyModule:
+def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: Any) -> PolicyModule:
     kwargs = dict(
         policy=policy,
         stage=stage,
@@ -114,6 +124,8 @@ def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: LitDataMod
     )
     if stage.kind == "sft":
         return SFTModule(**kwargs)
+    if stage.kind == "pretrain":
+        return PretrainModule(pretrain_cfg=cfg.pretrain, **kwargs)
     return GRPOModule(grpo_cfg=cfg.grpo, **kwargs)
 
 
@@ -137,7 +149,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, name: str, stage: StageConfig |
         loggers = [
             TensorBoardLogger(save_dir=run_dir, name="tb", version=name, default_hp_metric=False),
             # flushed at every logging step: a killed run loses no logged row (Lightning's default is 100 steps)
-            CSVLogger(save_dir=run_dir, name="csv", version=name, flush_logs_every_n_steps=t.log_every_n_steps),
+            AppendingCSVLogger(
+                save_dir=run_dir, name="csv", version=name, flush_logs_every_n_steps=t.log_every_n_steps
+            ),
         ]
         kwargs = dict(
             max_steps=stage.max_steps,
@@ -171,18 +185,30 @@ def _devices(value: str) -> Any:
     return int(value) if value.isdigit() else value
 
 
-def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> PolicyModule | None:
-    """Train each stage in order; a finished stage (``trainable.pt`` present) is loaded, not re-run."""
-    module = None
+STAGE_TEST = "test_metrics.json"
+"""Test metrics of a stage that is not the last (``eval.after_stages``), written when the stage ends."""
+
+
+def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> tuple[PolicyModule | None, dict]:
+    """Train each stage in order; a finished stage (``trainable.pt`` present) is loaded, not re-run. Returns the
+    last module and, with ``eval.after_stages``, the test metrics of the earlier stages (``<stage>/test/...``)."""
+    module, tested = None, {}
     for i, stage in enumerate(cfg.stages):
         name = stage_name(i, stage)
         stage_dir = run_dir / "stages" / name
         done = stage_dir / STAGE_DONE
         dm = build_datamodule(cfg, policy, stage)
         module = build_module(cfg, policy, stage, dm)
-        if done.exists():
+        test_after = cfg.eval.after_stages and i < len(cfg.stages) - 1 and stage.kind != "pretrain"
+        if done.exists() and (not test_after or (stage_dir / STAGE_TEST).exists()):
             print(f"[lit3drft] stage {name}: finished earlier, loading {done}")
             load_trainable(policy, done)
+            if test_after:
+                tested.update({f"{name}/{k}": v for k, v in json.loads((stage_dir / STAGE_TEST).read_text()).items()})
+            continue
+        if done.exists():  # trained, killed before its test
+            load_trainable(policy, done)
+            tested.update(_test_stage(cfg, policy, module, run_dir, stage_dir, name))
             continue
         last = stage_dir / "checkpoints" / "last.ckpt"
         ckpt = str(last) if resume and last.exists() else None
@@ -192,9 +218,43 @@ def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> Poli
         trainer = build_trainer(cfg, run_dir, name, stage)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if trainer.is_global_zero:
+            if stage.kind == "pretrain":  # the perception base, loadable as model.pretrained
+                export_pretrained(policy, stage_dir / PRETRAINED_DIR)
             trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
             torch.save(trainable, done)
-    return module
+        if test_after:
+            tested.update(_test_stage(cfg, policy, module, run_dir, stage_dir, name))
+    return module, tested
+
+
+def _test_stage(cfg: RunConfig, policy: Any, module: PolicyModule, run_dir: Path, stage_dir: Path,
+                name: str) -> dict[str, float]:  # fmt: skip
+    """Test the policy as stage ``name`` left it; the metrics go to the stage directory and are returned prefixed."""
+    print(f"[lit3drft] stage {name}: testing it before the next stage (eval.after_stages)")
+    trainer = build_trainer(cfg, run_dir, "eval", None)
+    results = trainer.test(module, datamodule=build_datamodule(cfg, policy, None), verbose=False)
+    metrics = {k: float(v) for row in results for k, v in row.items()}
+    if trainer.is_global_zero:
+        write_json_atomic(stage_dir / STAGE_TEST, metrics)
+    return {f"{name}/{k}": v for k, v in metrics.items()}
+
+
+def side_by_side(metrics: dict[str, float], stages: list[str]) -> str:
+    """The final test table with a column per earlier tested stage (``<stage>/test/...`` keys), then the rest.
+
+    Example:
+        >>> print(side_by_side({"0-sft/test/f1": 1.0, "test/f1": 2.0}, ["0-sft"]))
+        metric      0-sft     final
+        test/f1      1.00      2.00
+    """
+    cols = [s for s in stages if any(k.startswith(f"{s}/") for k in metrics)]
+    final = {k: v for k, v in metrics.items() if k.startswith("test/") and "/f1/" not in k}
+    width = max(map(len, final), default=10)
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{c:>8}" for c in [*cols, "final"])]
+    for k in sorted(final):
+        vals = [metrics.get(f"{c}/{k}", float("nan")) for c in cols] + [final[k]]
+        lines.append(f"{k:<{width}}  " + "  ".join(f"{v:8.2f}" for v in vals))
+    return "\n".join(lines)
 
 
 def evaluate_splits(cfg: RunConfig, policy: Any, module: PolicyModule, run_dir: Path) -> dict[str, float]:
@@ -252,6 +312,7 @@ def launched_rank() -> int:
 
 def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader: bool = True) -> dict[str, Any]:
     metrics_file = run_dir / "metrics.json"
+    names = [stage_name(i, st) for i, st in enumerate(cfg.stages)]
     if leader:
         if force and run_dir.exists():
             shutil.rmtree(run_dir)  # --force: start over from nothing, never mix old stages into a new run
@@ -264,9 +325,9 @@ def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader
     policy = build_policy(cfg.model)
     if cfg.init_from:
         load_trainable(policy, Path(cfg.init_from))
-    module = run_stages(cfg, policy, run_dir, resume)
+    module, tested = run_stages(cfg, policy, run_dir, resume)
     assert module is not None, "a run needs at least one stage"
-    metrics = evaluate_splits(cfg, policy, module, run_dir)
+    metrics = {**tested, **getattr(module, "last_val", {}), **evaluate_splits(cfg, policy, module, run_dir)}
     payload = {
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 1),
@@ -278,7 +339,9 @@ def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader
     if not leader:
         return payload
     write_json_atomic(metrics_file, payload)
-    print(format_metrics(metrics))
+    print(format_metrics({k: v for k, v in metrics.items() if not k.startswith(tuple(f"{s}/" for s in names))}))
+    if tested:
+        print("[lit3drft] test metrics after each stage:\n" + side_by_side(metrics, names))
     print(f"[lit3drft] wrote {metrics_file} ({payload['wall_time_s']:.0f} s)")
     return payload
 

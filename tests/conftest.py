@@ -40,6 +40,8 @@ def run_overrides(bench, tmp_path_factory) -> list[str]:
         "data.batch_size=2",
         "data.eval_batch_size=4",
         f"model.cache_dir={cache}",
+        "model.preset=tiny",  # the embedded experiments load the pretrained base; tests build a smaller random one
+        "model.pretrained=",
         *SMALL_MODEL,
         "eval.max_new_tokens=16",
         "grpo.max_new_tokens=12",

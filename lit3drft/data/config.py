@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -11,6 +12,15 @@ RowFormat = Literal["vgllm", "vsibench"]
 TrainMode = Literal["da", "ta", "da+ta"]
 EvalMode = Literal["da", "ta"]
 OnBadSample = Literal["error", "skip"]
+
+
+LEVELS: dict[int, dict[str, int | float]] = {
+    1: {"min_objects": 1, "max_objects": 2, "camera_motion": 0.0, "occluders": 0},
+    2: {"min_objects": 2, "max_objects": 4, "camera_motion": 0.5, "occluders": 0},
+    3: {"min_objects": 3, "max_objects": 6, "camera_motion": 1.0, "occluders": 0},
+    4: {"min_objects": 3, "max_objects": 12, "camera_motion": 1.0, "occluders": 2},
+}
+"""Difficulty levels of the embedded benchmark: the knobs each sets (`SynthConfig.level`, 3 is the default)."""
 
 
 @dataclass
@@ -29,18 +39,24 @@ class SynthConfig:
     """Frames rendered per scene (the scene's video); task samples take subsets of them."""
     fps: int = 4
     """Frame rate written into each scene's mp4."""
-    min_objects: int = 3
-    """Fewest annotated objects per room."""
-    max_objects: int = 12
-    """Most annotated objects per room."""
+    level: int = 3
+    """Difficulty level (`LEVELS`): sets `min_objects`, `max_objects`, `camera_motion` and `occluders` unless those
+    are given. 1: 1-2 objects, a level camera walking half its path (no pitch, roll or look-around sweep);
+    2: 2-4 objects, mild motion (0.5); 3 (default): 3-6 objects, the walking camera with pitch, roll and sweep;
+    4: 3-12 objects, the same camera, 2 occluders."""
+    min_objects: int | None = None
+    """Fewest annotated objects per room (None: from `level`)."""
+    max_objects: int | None = None
+    """Most annotated objects per room (None: from `level`)."""
     categories: list[str] = field(default_factory=list)
     """Categories to draw from (names in `lit3drft.data.CATEGORIES`); empty means all of them."""
-    camera_motion: float = 1.0
-    """Scale of the camera's walk, look-around sweep, pitch and roll (0 = nearly static)."""
+    camera_motion: float | None = None
+    """Scale of the look-around sweep, the downward tilt and its pitch wobble, and the roll; 0 is a level camera
+    (no pitch, no roll) that walks half its path looking at the room centre (None: from `level`)."""
     hfov_deg: float = 75.0
     """Horizontal field of view of the camera in degrees."""
-    occluders: int = 0
-    """Unlabeled floor-to-ceiling pillars per room that hide objects (harder perception)."""
+    occluders: int | None = None
+    """Unlabeled floor-to-ceiling pillars per room that hide objects (harder perception; None: from `level`)."""
     min_visible_pixels: int = 20
     """An object counts as visible in a frame from this many drawn pixels (detection, grounding, appearance order)."""
     detection_clip_lengths: list[int] = field(default_factory=lambda: [4, 6])
@@ -57,6 +73,37 @@ class SynthConfig:
     """VSI-Bench questions per scene and question type (when the scene admits that many)."""
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     """Fractions of scenes in train, val and test."""
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"data.synth.level={self.level}: valid levels are {', '.join(map(str, LEVELS))}")
+        r = self.resolved()
+        if not 1 <= r.min_objects <= r.max_objects:
+            raise ValueError(
+                f"data.synth: need 1 <= min_objects <= max_objects, got {r.min_objects} and {r.max_objects}"
+            )
+        if r.camera_motion < 0 or r.occluders < 0:
+            raise ValueError(f"data.synth: camera_motion and occluders must be >= 0 ({r.camera_motion}, {r.occluders})")
+
+    def resolved(self) -> SynthConfig:
+        """A copy with every knob the level sets filled in; what the manifest records and the generator uses.
+
+        Explicit values win; a bound taken from the level yields to an explicit other bound (level 4 with
+        ``max_objects=2`` has 2-2 objects).
+
+        Example:
+            >>> c = SynthConfig(level=4, max_objects=8).resolved()
+            >>> c.min_objects, c.max_objects, c.camera_motion, c.occluders
+            (3, 8, 1.0, 2)
+        """
+        fill = {k: v for k, v in LEVELS[self.level].items() if getattr(self, k) is None}
+        if not fill:
+            return self
+        if "min_objects" in fill and self.max_objects is not None:
+            fill["min_objects"] = min(fill["min_objects"], self.max_objects)
+        if "max_objects" in fill and self.min_objects is not None:
+            fill["max_objects"] = max(fill["max_objects"], self.min_objects)
+        return dataclasses.replace(self, **fill)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from lit3drft.data.config import DataConfig, SourceConfig
 from lit3drft.data.prompts import CATEGORIES
 from lit3drft.data.readers import BadSampleError, Record, SkipCounter, load_sample, read_records
 from lit3drft.data.sample import TASKS, Sample
-from lit3drft.data.synth import generate
+from lit3drft.data.synth import FORMAT_VERSION, generate, rerender_command
+from lit3drft.data.tasks import DATASET
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,26 @@ def empty_split(cfg: DataConfig, sources: dict[str, SourceConfig], split: str) -
     log.warning(msg)
 
 
+def check_format_version(manifest: dict, root: Path, cfg: DataConfig) -> None:
+    """Refuse an embedded benchmark rendered by another format version (a manifest without one is version 1).
+
+    Raises:
+        ValueError: naming the directory and how to re-render it.
+    """
+    version = manifest.get("format_version", 1)
+    if version == FORMAT_VERSION:
+        return
+    what = "plain cuboids that no observer can tell apart" if version == 1 else "another generator"
+    command = rerender_command(cfg.synth, root)
+    how = f"delete {root} and run again: prepare_data re-renders it from data.synth (data.generate=true)"
+    if command:
+        how += f", or re-render it by hand: rm -r {root} && {command}"
+    raise ValueError(
+        f"{root}/manifest.json: the benchmark there is format version {version} ({what}); this code reads version "
+        f"{FORMAT_VERSION}. To use it, {how}"
+    )
+
+
 def collate_samples(samples: list[Sample], collate_fn: Callable[[list[Sample]], dict] | None = None) -> dict[str, Any]:
     """``{"samples": [...], "targets": [...]}`` plus the model side's ``collate_fn(samples)`` when given."""
     batch: dict[str, Any] = {"samples": samples, "targets": [s.target for s in samples]}
@@ -115,17 +136,27 @@ class LitDataModule(L.LightningDataModule):
                 raise ValueError(f"data.sources[{s.name}].task={s.task!r}; valid: {', '.join(TASKS)}")
 
     def prepare_data(self) -> None:
+        """Generate the embedded benchmark under ``root`` when its manifest is missing (``data.generate``).
+
+        Refuses an embedded benchmark of another format version (also with ``data.generate`` false) and, unless
+        ``data.generate`` is false (data used as is), one rendered with other ``data.synth`` knobs (compared after
+        resolving the level).
+        """
         root = Path(self.cfg.root)
         manifest = root / "manifest.json"
+        if not manifest.exists():
+            if self.cfg.generate:
+                log.info("generating the embedded benchmark under %s", root)
+                generate(self.cfg.synth, root)
+            return
+        stored = json.loads(manifest.read_text())
+        if not self.cfg.generate and stored.get("dataset") != DATASET:
+            return  # some other manifest of data used as is
+        check_format_version(stored, root, self.cfg)
         if not self.cfg.generate:
             return
-        if not manifest.exists():
-            log.info("generating the embedded benchmark under %s", root)
-            generate(self.cfg.synth, root)
-            return
-        stored = json.loads(manifest.read_text()).get("config", {})
-        wanted = json.loads(json.dumps(asdict(self.cfg.synth)))
-        changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
+        wanted = json.loads(json.dumps(asdict(self.cfg.synth.resolved())))
+        changed = sorted(k for k in wanted if stored.get("config", {}).get(k) != wanted[k])
         if changed:  # never train on a benchmark other than the one the config describes
             raise ValueError(
                 f"{manifest} was generated with other data.synth settings ({', '.join(changed)}); "

@@ -12,10 +12,11 @@ import json
 import random
 from dataclasses import dataclass
 
+from lit3drft.data.shapes import PARTS, SOLID, Part
 from lit3drft.rewards.spatial import NUMERIC_TYPES, QUESTION_TYPES
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Categories (ScanNet class names) with size priors in metres and plausible colours
+# Categories (ScanNet class names) with size priors in metres, plausible colours and a shape of parts
 # ----------------------------------------------------------------------------------------------------------------------
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -37,38 +38,52 @@ COLORS: dict[str, tuple[int, int, int]] = {
 
 @dataclass(frozen=True)
 class Category:
-    """An object category: mean size ``(x, y, z)`` in metres (z is height), relative jitter and colours."""
+    """An object category: mean size ``(x, y, z)`` in metres (z is height), relative jitter, colours and shape."""
 
     name: str
     size: tuple[float, float, float]
     jitter: float
     colors: tuple[str, ...]
     against_wall: bool = False
-    """Tall or wall-bound furniture is placed along a wall, facing into the room."""
+    """Tall or wall-bound furniture is placed along a wall, facing into the room (local +y into the room)."""
+    parts: tuple[Part, ...] = SOLID
+    """Boxes of its shape in fractions of the object's box (``lit3drft.data.shapes``); their union's bounds are the
+    whole box, so the annotation is the composite's bounding box."""
+
+
+def _category(name: str, size: tuple[float, float, float], jitter: float, colors: tuple[str, ...],
+              against_wall: bool = False) -> Category:  # fmt: skip
+    return Category(name, size, jitter, colors, against_wall, PARTS[name])
 
 
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("chair", (0.50, 0.50, 0.90), 0.15, ("red", "blue", "black", "brown", "green", "white")),
-        Category("table", (1.20, 0.80, 0.75), 0.25, ("brown", "white", "black", "beige")),
-        Category("bed", (1.60, 2.00, 0.60), 0.15, ("white", "blue", "beige", "grey"), True),
-        Category("sofa", (2.00, 0.90, 0.85), 0.20, ("grey", "blue", "green", "red", "beige"), True),
-        Category("cabinet", (0.90, 0.50, 1.10), 0.25, ("brown", "white", "grey"), True),
-        Category("desk", (1.30, 0.70, 0.75), 0.15, ("brown", "white", "black"), True),
-        Category("bookshelf", (0.90, 0.35, 1.90), 0.15, ("brown", "white", "black"), True),
-        Category("toilet", (0.40, 0.65, 0.80), 0.10, ("white", "beige"), True),
-        Category("sink", (0.60, 0.50, 0.90), 0.15, ("white", "grey"), True),
-        Category("bathtub", (0.75, 1.60, 0.60), 0.10, ("white", "beige"), True),
-        Category("refrigerator", (0.75, 0.70, 1.80), 0.10, ("white", "grey", "black"), True),
-        Category("nightstand", (0.45, 0.40, 0.55), 0.15, ("brown", "white", "black")),
-        Category("lamp", (0.35, 0.35, 1.50), 0.20, ("yellow", "white", "black", "orange")),
-        Category("trash can", (0.35, 0.35, 0.55), 0.20, ("grey", "black", "green", "blue")),
-        Category("armchair", (0.85, 0.85, 0.90), 0.15, ("red", "green", "purple", "pink", "orange")),
-        Category("ottoman", (0.60, 0.60, 0.45), 0.20, ("orange", "purple", "pink", "yellow")),
+        _category("chair", (0.50, 0.50, 0.90), 0.15, ("red", "blue", "black", "brown", "green", "white")),
+        _category("table", (1.20, 0.80, 0.75), 0.25, ("brown", "white", "black", "beige")),
+        _category("bed", (1.60, 2.05, 1.00), 0.15, ("white", "blue", "beige", "grey"), True),
+        _category("sofa", (2.00, 0.90, 0.85), 0.20, ("grey", "blue", "green", "red", "beige"), True),
+        _category("cabinet", (0.90, 0.50, 1.10), 0.25, ("brown", "white", "grey"), True),
+        _category("desk", (1.30, 0.70, 0.75), 0.15, ("brown", "white", "black"), True),
+        _category("bookshelf", (0.90, 0.35, 1.90), 0.15, ("brown", "white", "black"), True),
+        _category("toilet", (0.40, 0.65, 0.80), 0.10, ("white", "beige"), True),
+        _category("sink", (0.60, 0.50, 0.90), 0.15, ("white", "grey"), True),
+        _category("bathtub", (0.75, 1.60, 0.60), 0.10, ("white", "beige"), True),
+        _category("refrigerator", (0.75, 0.70, 1.80), 0.10, ("white", "grey", "black"), True),
+        _category("nightstand", (0.45, 0.40, 0.55), 0.15, ("brown", "white", "black")),
+        _category("lamp", (0.35, 0.35, 1.50), 0.20, ("yellow", "white", "black", "orange")),
+        _category("trash can", (0.35, 0.35, 0.55), 0.20, ("grey", "black", "green", "blue")),
+        _category("armchair", (0.85, 0.85, 0.90), 0.15, ("red", "green", "purple", "pink", "orange")),
+        _category("ottoman", (0.60, 0.60, 0.45), 0.20, ("orange", "purple", "pink", "yellow")),
     )
 }
-"""Object categories of the embedded benchmark, names from ScanNet's classes."""
+"""Object categories of the embedded benchmark, names from ScanNet's classes (the tokenizer is trained on them).
+
+Each has a shape of its own (``lit3drft.data.shapes.PARTS``): no two share a part layout, so the label can be read
+off the pixels; colours are attributes (referring expressions use them), not the label."""
+
+CATEGORY_NAMES: tuple[str, ...] = tuple(CATEGORIES)
+"""``CATEGORY_NAMES[k]`` is category ``k`` of ``SceneObject.category_id`` (class ``1 + k`` of ``category_map``)."""
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Task prompts

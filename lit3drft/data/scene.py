@@ -1,10 +1,11 @@
-"""Procedural rooms: furniture boxes on the floor and a camera walking and looking around.
+"""Procedural rooms: furniture on the floor and a camera walking and looking around.
 
 World frame: metres, z up, floor at z = 0, the room spans ``[0, W] x [0, L] x [0, H]`` (the axis-aligned
-frame, as ScanNet after ``axis_align_matrix``). Objects are yaw-rotated boxes resting on the floor,
-``box = [x, y, z, x_size, y_size, z_size, yaw, 0, 0]``. The raw "global" frame of the stored poses
-differs from the world by a random rigid ``axis_align_matrix`` (world = axis_align · global), so
-consumers exercise the same path as on ScanNet.
+frame, as ScanNet after ``axis_align_matrix``). Objects are yaw-rotated composites of boxes (their
+category's parts, ``lit3drft.data.shapes``) resting on the floor, annotated by their bounding box
+``box = [x, y, z, x_size, y_size, z_size, yaw, 0, 0]``; their footprints (the whole box) never overlap.
+The raw "global" frame of the stored poses differs from the world by a random rigid ``axis_align_matrix``
+(world = axis_align · global), so consumers exercise the same path as on ScanNet.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lit3drft.data.geometry import intrinsics, look_at_cam2world, polygons_overlap, rot_z
-from lit3drft.data.prompts import CATEGORIES, COLORS
+from lit3drft.data.prompts import CATEGORIES, CATEGORY_NAMES, COLORS
+from lit3drft.data.shapes import SOLID, Part, part_boxes
 
 WALL_COLORS = ((205, 200, 185), (190, 200, 210), (215, 205, 190), (200, 210, 195), (225, 220, 210), (185, 185, 195))
 FLOOR_COLORS = ((150, 120, 90), (120, 120, 125), (170, 150, 120), (110, 95, 80))
@@ -23,7 +25,7 @@ FLOOR_COLORS = ((150, 120, 90), (120, 120, 125), (170, 150, 120), (110, 95, 80))
 
 @dataclass
 class SceneObject:
-    """One annotated object: a yaw-rotated box on the floor."""
+    """One annotated object: a yaw-rotated composite of its category's parts on the floor."""
 
     category: str
     color: str
@@ -33,8 +35,23 @@ class SceneObject:
 
     @property
     def box(self) -> list[float]:
-        """9-DoF world box."""
+        """9-DoF world box (the bounding box of its parts)."""
         return [*self.center, *self.size, self.yaw, 0.0, 0.0]
+
+    @property
+    def category_id(self) -> int:
+        """Index of the category in ``CATEGORY_NAMES`` (-1 for an unlabeled occluder)."""
+        return CATEGORY_NAMES.index(self.category) if self.category in CATEGORIES else -1
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """The category's parts (a single solid box for occluders)."""
+        spec = CATEGORIES.get(self.category)
+        return spec.parts if spec is not None else SOLID
+
+    def part_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """World 9-DoF boxes ``(K, 9)`` of the parts and their colour scales ``(K,)``."""
+        return part_boxes(self.parts, self.box)
 
     def footprint(self) -> np.ndarray:
         """Floor polygon ``(4, 2)``, corners counter-clockwise."""
@@ -72,13 +89,13 @@ class Scene:
 
 @dataclass
 class SceneKnobs:
-    """Difficulty knobs of one scene (a subset of ``SynthConfig``)."""
+    """Difficulty knobs of one scene (a subset of ``SynthConfig``, level resolved: ``synth.knobs_of``)."""
 
     width: int = 112
     height: int = 112
     frames: int = 32
     min_objects: int = 3
-    max_objects: int = 12
+    max_objects: int = 6
     categories: tuple[str, ...] = ()
     camera_motion: float = 1.0
     hfov_deg: float = 75.0
@@ -117,19 +134,27 @@ def _grow(poly: np.ndarray, margin: float) -> np.ndarray:
 
 
 def _trajectory(rng: np.random.Generator, room: np.ndarray, k: SceneKnobs) -> np.ndarray:
-    """Camera walks along an ellipse around the room centre, 1.2 m from the walls, looking across the room."""
+    """Camera walks along an ellipse around the room centre, 1.2 m from the walls, looking across the room.
+
+    ``camera_motion`` m scales the look-around sweep, the downward tilt and its wobble, and the roll; the walk
+    covers ``min(1, (1 + m) / 2)`` of its arc. At m = 0 the camera is level (no pitch, no roll), 0.3 m lower,
+    and looks at the room centre. The draws do not depend on m or on ``frames``: the same scene at another
+    frame count samples the same walk.
+    """
+    m = k.camera_motion
     c = room[:2] / 2
     a, b = max(0.25, c[0] - 1.2), max(0.25, c[1] - 1.2)
-    phi0, span = rng.uniform(0, 2 * math.pi), rng.uniform(1.2, 2.0) * math.pi * min(1.0, k.camera_motion)
+    phi0, span = rng.uniform(0, 2 * math.pi), rng.uniform(1.2, 2.0) * math.pi * min(1.0, (1 + m) / 2)
     sweep_phase, h0, pitch0 = rng.uniform(0, 2 * math.pi), rng.uniform(1.4, 1.7), -rng.uniform(0.3, 0.5)
+    h0 -= 0.3 * max(0.0, 1 - m)
     poses = []
     for t in np.linspace(0, 1, k.frames):
         ang = phi0 + span * t
         pos = np.array([c[0] + a * math.cos(ang), c[1] + b * math.sin(ang), h0 + 0.03 * math.sin(7 * t)])
         to_centre = math.atan2(c[1] - pos[1], c[0] - pos[0])
-        heading = to_centre + 0.8 * k.camera_motion * math.sin(3 * math.pi * t + sweep_phase)
-        pitch = pitch0 + 0.08 * k.camera_motion * math.sin(5 * t + sweep_phase)
-        roll = 0.04 * k.camera_motion * math.sin(4 * t + 2 * sweep_phase)
+        heading = to_centre + 0.8 * m * math.sin(3 * math.pi * t + sweep_phase)
+        pitch = pitch0 * min(1.0, m) + 0.08 * m * math.sin(5 * t + sweep_phase)
+        roll = 0.04 * m * math.sin(4 * t + 2 * sweep_phase)
         poses.append(look_at_cam2world(pos, heading, pitch, roll))
     return np.stack(poses)
 
@@ -177,4 +202,20 @@ def make_scene(name: str, rng: np.random.Generator, knobs: SceneKnobs) -> Scene:
 
 
 def object_rgb(obj: SceneObject) -> np.ndarray:
+    """The object's RGB colour ``(3,)`` float32 (grey for unknown names)."""
     return np.asarray(COLORS.get(obj.color, (128, 128, 128)), dtype=np.float32)
+
+
+def category_map(scene: Scene, inst: np.ndarray) -> np.ndarray:
+    """Per-pixel classes from an instance map: 0 room or occluder, ``1 + k`` category ``CATEGORY_NAMES[k]``.
+
+    Args:
+        scene: The rendered scene (its objects in instance order).
+        inst: Instance ids ``(..., H, W)`` uint8 (0 room, ``i + 1`` object i, 255 occluder).
+
+    Returns:
+        Class ids of the same shape, uint8.
+    """
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[1 : len(scene.objects) + 1] = [1 + o.category_id for o in scene.objects]
+    return lut[inst]

@@ -1,6 +1,9 @@
 """The embedded benchmark: procedural rooms rendered to frames, and task files in the real formats.
 
-    python -m lit3drft.data.synth --out data/synth3d --scenes 200 --seed 0
+    python -m lit3drft.data.synth --out data/synth3d --scenes 200 --seed 0 --level 3
+
+Format version 2: every category is a composite of parts with a shape of its own (version 1 drew plain
+cuboids), difficulty levels (``SynthConfig.level``). Readers refuse other versions.
 
 Layout under ``--out`` (paths in rows are relative to it)::
 
@@ -8,7 +11,8 @@ Layout under ``--out`` (paths in rows are relative to it)::
     scenes/<scene>/frames/00000.png      RGB frames
     scenes/<scene>/depth/00000.png       depth, uint16 millimetres (ScanNet's convention)
     scenes/<scene>/instances.npz         ``inst`` (F, H, W) uint8: 0 room, i + 1 object i, 255 occluder
-    scenes/<scene>/scene.json            room, objects (world boxes), intrinsics, cam2world, axis_align, visibility
+    scenes/<scene>/scene.json            room, objects (world boxes, category ids), intrinsics, cam2world, axis_align,
+                                         visibility
     videos/synth3d/<scene>.mp4           the frames as H.264 video (VSI-Bench's <dataset>/<scene_name>.mp4)
     tasks/<split>/detection_<L>f.jsonl   VG-LLM detection clips
     tasks/<split>/grounding_<n>f.jsonl   ScanRefer-style grounding rows
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -31,13 +36,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lit3drft.data.config import SynthConfig
+from lit3drft.data.config import LEVELS, SynthConfig
 from lit3drft.data.render import render_scene
 from lit3drft.data.scene import Scene, SceneKnobs, make_scene
 from lit3drft.data.tasks import DATASET, detection_rows, grounding_rows, spatial_rows
 
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the rendered benchmark (``manifest.json`` ``format_version``); 1 drew every object as a cuboid."""
 
 
 def scene_name(index: int) -> str:
@@ -65,7 +71,10 @@ def scene_json(scene: Scene) -> dict:
     return {
         "name": scene.name,
         "room": scene.room,
-        "objects": [{"category": o.category, "color": o.color, "bbox_3d": o.box} for o in scene.objects],
+        "objects": [
+            {"category": o.category, "category_id": o.category_id, "color": o.color, "bbox_3d": o.box}
+            for o in scene.objects
+        ],
         "occluders": [o.box for o in scene.occluders],
         "width": scene.width,
         "height": scene.height,
@@ -157,6 +166,8 @@ def scene_rows(scene: Scene, rng: np.random.Generator, cfg: SynthConfig) -> dict
 
 
 def knobs_of(cfg: SynthConfig) -> SceneKnobs:
+    """The scene knobs of ``cfg`` with its level resolved (``SynthConfig.resolved``)."""
+    cfg = cfg.resolved()
     return SceneKnobs(
         width=cfg.width, height=cfg.height, frames=cfg.frames, min_objects=cfg.min_objects,
         max_objects=cfg.max_objects, categories=tuple(cfg.categories), camera_motion=cfg.camera_motion,
@@ -164,16 +175,62 @@ def knobs_of(cfg: SynthConfig) -> SceneKnobs:
     )  # fmt: skip
 
 
-def build_scene(cfg: SynthConfig, index: int) -> tuple[Scene, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Generate and render scene ``index`` and its task rows (no files written)."""
+def build_scene(
+    cfg: SynthConfig, index: int, rows: bool = True
+) -> tuple[Scene, np.ndarray, np.ndarray, np.ndarray, dict[str, list[dict]]]:
+    """Generate and render scene ``index`` of ``cfg`` in memory (no files), deterministically.
+
+    The public entry point for rendering rooms on the fly (e.g. a pretraining stream that draws room ``i`` from its
+    own seed): the result depends only on ``(cfg, index)``. Its cost is linear in ``cfg.frames`` (about 5 ms per
+    112x112 frame on one core), so a cfg with ``frames=4`` is cheap; the room, its objects and the camera's walk do
+    not depend on ``frames`` (the walk is sampled at ``frames`` instants). Use ``scene.objects[i].category_id``
+    (or ``category_map(scene, inst)``) for per-pixel classes: instance ``i + 1`` is ``scene.objects[i]``.
+
+    Args:
+        cfg: Generator knobs (the level is resolved here).
+        index: Scene index; its generator is ``scene_rng(cfg.seed, index)``.
+        rows: Also build the task rows (the benchmark's rows for this scene); False skips them.
+
+    Returns:
+        ``(scene, rgb (F, H, W, 3) uint8, depth (F, H, W) float32 m, inst (F, H, W) uint8, rows by file stem)``;
+        ``scene.visible_pixels`` is filled, rows is ``{}`` when ``rows`` is False.
+    """
     rng = scene_rng(cfg.seed, index)
     scene = make_scene(scene_name(index), rng, knobs_of(cfg))
     rgb, depth, inst = render_scene(scene)
-    return scene, rgb, depth, inst, scene_rows(scene, rng, cfg)
+    return scene, rgb, depth, inst, scene_rows(scene, rng, cfg.resolved()) if rows else {}
+
+
+def rerender_command(cfg: SynthConfig, out: str | Path) -> str | None:
+    """The ``python -m lit3drft.data.synth`` command that renders exactly ``cfg`` under ``out``, or None when
+    ``cfg`` sets a knob that the command line does not expose.
+
+    Example:
+        >>> rerender_command(SynthConfig(scenes=50, level=4, max_objects=8), "data/x")
+        'python -m lit3drft.data.synth --out data/x --scenes 50 --level 4 --max-objects 8'
+    """
+    default, given = SynthConfig(), asdict(cfg)
+    if any(v != getattr(default.resolved(), k) for k, v in asdict(cfg.resolved()).items() if k not in CLI_KNOBS):
+        return None
+    words = ["python", "-m", "lit3drft.data.synth", "--out", str(out)]
+    for k in CLI_KNOBS:
+        v = given[k]
+        if v is not None and v != getattr(default, k):
+            words += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list) else [v])]
+    return shlex.join(words)
+
+
+CLI_KNOBS = ("scenes", "seed", "width", "height", "frames", "level", "min_objects", "max_objects", "categories",
+             "camera_motion", "occluders", "questions_per_type")  # fmt: skip
+"""``SynthConfig`` fields that ``main`` exposes as flags."""
 
 
 def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> dict:
-    """Generate the benchmark under ``out`` and return its manifest (also written to ``out/manifest.json``)."""
+    """Generate the benchmark under ``out`` and return its manifest (also written to ``out/manifest.json``, last).
+
+    The manifest's ``config`` is ``cfg.resolved()``: the knobs the level set are written out.
+    """
+    cfg = cfg.resolved()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = split_scenes(cfg)
@@ -190,8 +247,8 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         counts[split][stem] = len(rows)
-    manifest = {"format_version": FORMAT_VERSION, "dataset": DATASET, "config": asdict(cfg), "splits": splits,
-                "rows": counts}  # fmt: skip
+    manifest = {"format_version": FORMAT_VERSION, "dataset": DATASET, "config": asdict(cfg.resolved()),
+                "splits": splits, "rows": counts}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -205,18 +262,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--frames", type=int, default=d.frames, help="frames rendered per scene")
-    p.add_argument("--min-objects", type=int, default=d.min_objects)
-    p.add_argument("--max-objects", type=int, default=d.max_objects)
+    levels = "; ".join(f"{k}: {v['min_objects']}-{v['max_objects']} objects, camera motion {v['camera_motion']}, "
+                       f"{v['occluders']} occluders" for k, v in LEVELS.items())  # fmt: skip
+    p.add_argument("--level", type=int, default=d.level, choices=sorted(LEVELS), help=f"difficulty ({levels})")
+    p.add_argument("--min-objects", type=int, default=None, help="override the level's fewest objects")
+    p.add_argument("--max-objects", type=int, default=None, help="override the level's most objects")
     p.add_argument("--categories", nargs="*", default=[], help="category subset (default: all)")
-    p.add_argument("--camera-motion", type=float, default=d.camera_motion)
-    p.add_argument("--occluders", type=int, default=d.occluders, help="unlabeled pillars per room")
+    p.add_argument("--camera-motion", type=float, default=None, help="override the level's camera motion")
+    p.add_argument("--occluders", type=int, default=None, help="override the level's unlabeled pillars per room")
     p.add_argument("--questions-per-type", type=int, default=d.questions_per_type)
     a = p.parse_args(argv)
-    cfg = SynthConfig(
-        scenes=a.scenes, seed=a.seed, width=a.width, height=a.height, frames=a.frames, min_objects=a.min_objects,
-        max_objects=a.max_objects, categories=a.categories, camera_motion=a.camera_motion, occluders=a.occluders,
-        questions_per_type=a.questions_per_type,
-    )  # fmt: skip
+    try:
+        cfg = SynthConfig(
+            scenes=a.scenes, seed=a.seed, width=a.width, height=a.height, frames=a.frames, level=a.level,
+            min_objects=a.min_objects, max_objects=a.max_objects, categories=a.categories,
+            camera_motion=a.camera_motion, occluders=a.occluders, questions_per_type=a.questions_per_type,
+        )  # fmt: skip
+    except ValueError as err:
+        p.error(str(err))
     manifest = generate(cfg, a.out)
     print(json.dumps(manifest["rows"], indent=1))
 

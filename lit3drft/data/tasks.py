@@ -50,6 +50,15 @@ def _conversation(human: str, answer: str) -> list[dict]:
     return [{"from": "human", "value": human}, {"from": "gpt", "value": f"<answer>{answer}</answer>"}]
 
 
+def left_to_right(objects: list[SceneObject], cam2world: np.ndarray) -> tuple[list[SceneObject], list[list[float]]]:
+    """Objects and their boxes in the camera of ``cam2world`` (rounded as answers are), ordered left to right
+    (``x`` of the box centre, then near to far): an order a model can read off the frames, where the scene's
+    placement order is arbitrary (a detection answer in that order cannot be predicted from the pixels)."""
+    boxes = [P._r2(world_box_to_camera(o.box, cam2world)) for o in objects]
+    order = sorted(range(len(objects)), key=lambda i: (boxes[i][0], boxes[i][2]))
+    return [objects[i] for i in order], [boxes[i] for i in order]
+
+
 def detection_rows(
     scene: Scene, rng: np.random.Generator, clip_len: int, n_clips: int, stride: int, min_px: int
 ) -> list[dict]:
@@ -64,8 +73,7 @@ def detection_rows(
     for j, s in enumerate(starts):
         frames = list(range(s, s + span + 1, stride))
         vis = np.flatnonzero(scene.visible_pixels[frames].max(0) >= min_px)
-        objs = [scene.objects[i] for i in vis]
-        boxes = [P._r2(world_box_to_camera(o.box, scene.cam2world[s])) for o in objs]
+        objs, boxes = left_to_right([scene.objects[i] for i in vis], scene.cam2world[s])
         labels = [o.category for o in objs]
         counts = Counter(labels)
         think = (

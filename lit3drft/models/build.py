@@ -13,6 +13,7 @@ Everything loads offline: a missing ``model.pretrained`` directory is an error t
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,17 @@ def build_policy(cfg: ModelConfig) -> Policy:
         for name, p in geometry.named_parameters():
             p.requires_grad_(not cfg.freeze_geometry and not name.startswith("vggt."))
     return Policy(model, processor, cfg, geometry)
+
+
+def export_pretrained(policy: Policy, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write ``policy`` as an ordinary Hugging Face directory (weights in ``dtype`` safetensors, processor,
+    generation config) that ``model.pretrained`` loads like a downloaded checkpoint. Adapters are merged first;
+    a geometry prior is not part of the HF model and is refused."""
+    if policy.geometry is not None:
+        raise NotImplementedError("export_pretrained: a policy with a geometry prior (model.geometry != none)")
+    path = Path(path)
+    model = copy.deepcopy(policy.model).merge_and_unload() if policy.uses_adapter else policy.model
+    state = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.save_pretrained(path, state_dict=state)
+    policy.processor.save_pretrained(path)
+    return path

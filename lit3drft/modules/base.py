@@ -84,11 +84,15 @@ class PolicyModule(L.LightningModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups (one by default; a group may carry its own ``lr``)."""
+        return [{"params": self.trainable_parameters()}]
+
     def configure_optimizers(self) -> dict[str, Any]:
-        params = self.trainable_parameters()
-        if not params:
+        groups = [g for g in self.param_groups() if g["params"]]
+        if not groups:
             raise ValueError("the policy has no trainable parameters: check model.finetune and model.freeze")
-        opt = torch.optim.AdamW(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
         total = self.stage.max_steps
         warmup = int(round(self.stage.warmup_ratio * total))
         sched = LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, self.stage.min_lr_ratio))

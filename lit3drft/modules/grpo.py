@@ -97,6 +97,16 @@ class GRPOModule(PolicyModule):
         )
         t3 = time.perf_counter()
         self._log_step(rollout, rewards, advantages, zero_std, stats, (t0, t1, t2, t3))
+        self._log_groups_per_task(zero_std, [str(t.get("task", "")) for t in targets])
+
+    def _log_groups_per_task(self, zero_std: torch.Tensor, tasks: list[str]) -> None:
+        """Per task: groups in the batch and the share of them with no reward variance (no gradient)."""
+        logs = {}
+        for task in sorted(set(tasks)):
+            idx = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=zero_std.device)
+            logs[f"train/groups/{task}"] = float(len(idx))
+            logs[f"train/zero_std_groups/{task}"] = zero_std[idx].float().mean()
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}, batch_size=len(tasks))
 
     def _optimise(self, rollout: Any, advantages: torch.Tensor, mask: torch.Tensor, rows: list[int], kept: int) -> dict:
         """μ passes over micro-batches of ``rows``; ``kept`` = completions that count (dynamic sampling)."""

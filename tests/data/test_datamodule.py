@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from lit3drft.data.config import DataConfig
+from lit3drft.data.config import DataConfig, SynthConfig
 from lit3drft.data.datamodule import LitDataModule
 from tests.conftest import TINY
 
@@ -104,3 +104,37 @@ def test_evaluation_subset_does_not_depend_on_the_run_seed(bench):
     other = LitDataModule(DataConfig(root=str(root), generate=False, max_eval_samples=2, eval_seed=5))
     other.setup("test")
     assert len(other.datasets["test"].entries) == len(ids[0])
+
+
+def test_knobs_are_compared_after_resolving_the_level(bench):
+    root, _ = bench
+    LitDataModule(DataConfig(root=str(root), synth=replace(TINY, camera_motion=1.0, occluders=0))).prepare_data()
+    with pytest.raises(ValueError, match="level, occluders"):
+        LitDataModule(DataConfig(root=str(root), synth=replace(TINY, level=4))).prepare_data()
+
+
+@pytest.mark.parametrize("version", [1, None])
+def test_a_version_1_benchmark_is_refused_with_the_command_that_re_renders_it(bench, tmp_path, version):
+    import json
+
+    root, manifest = bench
+    old = {k: v for k, v in manifest.items() if k != "format_version"}
+    if version is not None:
+        old["format_version"] = version
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "manifest.json").write_text(json.dumps(old))
+    synth = SynthConfig(scenes=40, level=2)
+    for generate in (True, False):  # also when used as is: its objects are plain cuboids
+        with pytest.raises(ValueError, match="format version 1") as err:
+            LitDataModule(DataConfig(root=str(v1), synth=synth, generate=generate)).prepare_data()
+        msg = str(err.value)
+        assert f"delete {v1} and run again" in msg
+        assert f"python -m lit3drft.data.synth --out {v1} --scenes 40 --level 2" in msg
+    # knobs without a command-line flag: only the re-run advice
+    with pytest.raises(ValueError, match=f"delete {v1} and run again") as err:
+        LitDataModule(DataConfig(root=str(v1), synth=TINY)).prepare_data()
+    assert "python -m" not in str(err.value)
+    # a manifest that is not the embedded benchmark's, used as is: not ours to check
+    (v1 / "manifest.json").write_text(json.dumps({"rows": 3}))
+    LitDataModule(DataConfig(root=str(v1), generate=False)).prepare_data()

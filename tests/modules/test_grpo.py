@@ -68,7 +68,7 @@ def test_equal_rewards_leave_the_weights_untouched(run_overrides, tmp_path) -> N
                     "stages.0.weight_decay=0")  # fmt: skip
     policy = fit.build_policy(cfg.model)
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    module = fit.run_stages(cfg, policy, fit.run_dir_of(cfg), resume=False)
+    module, _ = fit.run_stages(cfg, policy, fit.run_dir_of(cfg), resume=False)
     after = dict(module.policy.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in before)
     log = pd.read_csv(fit.run_dir_of(cfg) / "csv" / "0-grpo" / "metrics.csv")

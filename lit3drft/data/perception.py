@@ -1,0 +1,233 @@
+"""Perception pretraining data: detection clips of rooms rendered on the fly, with dense per-token targets.
+
+What Qwen2.5-VL's pretraining (and VG-LLM's 3D SFT) is to the paper, this is to the embedded default: a
+stream of rooms drawn by the embedded benchmark's own generator under a seed of their own (never the
+benchmark's scenes), rendered at training time (clip ``i`` depends only on ``(seed, i)``), each a
+VG-LLM-style detection sample plus, for every visual token (one 28x28-pixel cell of a frame: a 14-pixel
+patch merged 2x2), targets read off the renderer's instance and depth maps:
+
+- ``cls``  ``(17,)`` the share of the cell's pixels per class (0 = room or occluder, ``1 + k`` category k);
+- ``depth`` mean log-depth of the cell (metres);
+- ``own``  ``(6,)`` centre and size of the object covering most of the cell, in this frame's camera;
+- ``first`` ``(6,)`` the same box in the first frame's camera (the detection answer's frame);
+- ``has_obj`` whether an object covers at least a quarter of the cell.
+
+They give the randomly initialised vision tower a direct gradient (``lit3drft.algorithms.dense``) instead of
+one that has to pass through the digits of a JSON answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from lit3drft.data import prompts as P
+from lit3drft.data.config import LEVELS, SynthConfig
+from lit3drft.data.geometry import world_box_to_camera
+from lit3drft.data.prompts import CATEGORY_NAMES  # class 1 + k of the dense targets; 0 is the room and occluders
+from lit3drft.data.render import render_frame, scene_parts
+from lit3drft.data.sample import Sample
+from lit3drft.data.scene import make_scene
+from lit3drft.data.synth import knobs_of, scene_rng
+from lit3drft.data.tasks import left_to_right
+
+NUM_CLASSES = 1 + len(CATEGORY_NAMES)
+CELL = 28
+"""Pixels per visual token side: Qwen2.5-VL's 14-pixel patches merged 2x2."""
+
+
+@dataclass
+class PretrainConfig:
+    """The perception pretraining stage (``kind: pretrain``): its on-the-fly data and its dense losses."""
+
+    seed: int = 7919
+    """Seed of the pretraining rooms; any seed but the benchmark's (``data.synth.seed``) keeps its val/test scenes
+    unseen. Held-out pretraining curves use ``seed + 1``."""
+    levels: list[int] = field(default_factory=lambda: [3])
+    """Benchmark difficulty levels to draw rooms from (clip ``i`` uses ``levels[i % len(levels)]``)."""
+    clip_len: int = 4
+    """Frames per detection clip."""
+    stride: int = 3
+    """Frames between clip frames, on the benchmark's 32-frame walk (as its detection clips)."""
+    scenes: int = 1_000_000
+    """Length of the (virtual) training stream; rooms are never repeated within it."""
+    val_samples: int = 32
+    """Held-out clips (seed + 1) scored at each validation: greedy detection metrics and the image-swap gap."""
+    dense_weight: float = 1.0
+    """Weight of the dense per-token losses. 0: answer cross-entropy only, the heads then train on detached tokens
+    as linear probes of what the tokens encode (their losses are logged, no gradient reaches the policy)."""
+    dense_on_llm: bool = True
+    """Also predict the dense targets from the language model's last hidden state at the visual tokens (boxes in
+    the first frame's camera), not only from the visual embeddings."""
+    answer_weight: float = 1.0
+    """Weight of the detection answer's cross-entropy."""
+    center_weight: float = 1.0
+    """Weight of ``token_mean_ratio`` on the visual tokens: the part every token shares must stay small next to the
+    content (0 turns it off). A stage also starts by folding the merger's output mean and scale into its last
+    layer (``standardise_merger``) when the ratio is above 1."""
+    inventory_share: float = 0.0
+    """Share of training clips asked for an inventory (categories and counts, a short answer) instead of boxes."""
+    vision_warmup_steps: int = 0
+    """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
+    (no language-model forward: a step costs a fraction of a full one)."""
+    vision_lr_scale: float = 1.0
+    """Learning-rate multiplier of the vision tower, its merger and the dense heads."""
+
+
+def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
+    """The generator config of a pretraining room: the benchmark's other knobs (frame size, categories, field of
+    view) at ``level`` (which sets object counts, camera motion and occluders) under ``seed``."""
+    return replace(synth, seed=seed, level=level, min_objects=None, max_objects=None, camera_motion=None,
+                   occluders=None)  # fmt: skip
+
+
+def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, boxes_first: np.ndarray,
+                  classes: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """Dense targets of one frame, one row per 28x28 cell in raster order (the merger's token order).
+
+    Args:
+        inst: ``(H, W)`` instance ids (0 room, ``i + 1`` object i, 255 occluder).
+        depth: ``(H, W)`` metres.
+        boxes_own: ``(N, 6)`` centre + size of each object in this frame's camera.
+        boxes_first: ``(N, 6)`` the same in the first frame's camera.
+        classes: ``(N,)`` class of each object (``1 + category index``).
+
+    Example:
+        >>> inst = np.zeros((28, 56), np.uint8); inst[:, 28:] = 1
+        >>> t = token_targets(inst, np.ones((28, 56), np.float32), np.ones((1, 6)), np.ones((1, 6)), np.array([3]))
+        >>> t["cls"].argmax(1).tolist(), t["has_obj"].tolist()
+        ([0, 3], [False, True])
+    """
+    h, w = inst.shape
+    gh, gw = h // CELL, w // CELL
+    cells = inst[: gh * CELL, : gw * CELL].reshape(gh, CELL, gw, CELL).transpose(0, 2, 1, 3).reshape(gh * gw, -1)
+    d = np.log(np.maximum(depth[: gh * CELL, : gw * CELL], 0.05))
+    d = d.reshape(gh, CELL, gw, CELL).transpose(0, 2, 1, 3).reshape(gh * gw, -1).mean(1)
+    n = len(classes)
+    ids = np.where(cells == 255, 0, cells).astype(np.int64)  # occluders count as room
+    counts = np.stack([np.bincount(c, minlength=n + 1) for c in ids])  # (T, N + 1)
+    lut = np.concatenate([[0], classes]).astype(np.int64)
+    cls = np.zeros((len(ids), NUM_CLASSES), np.float32)
+    np.add.at(cls, (np.repeat(np.arange(len(ids)), n + 1), np.tile(lut, len(ids))), counts.ravel())
+    cls /= cells.shape[1]
+    owner = counts[:, 1:].argmax(1) if n else np.zeros(len(ids), np.int64)
+    has = counts[:, 1:].max(1) >= cells.shape[1] // 4 if n else np.zeros(len(ids), bool)
+    pad = np.zeros((1, 6))
+    own = (boxes_own if n else pad)[owner]
+    first = (boxes_first if n else pad)[owner]
+    return {"cls": cls, "depth": d.astype(np.float32), "own": own.astype(np.float32),
+            "first": first.astype(np.float32), "has_obj": has}  # fmt: skip
+
+
+INVENTORY_PROMPT = "Which objects are in these frames? List each category with its count, in alphabetical order."
+"""A short perception question on a detection clip (``pretrain.inventory_share``): its answer depends on the pixels
+only, so it rewards attending to the visual tokens from the first steps."""
+
+
+def inventory_answer(labels: list[str]) -> str:
+    """``"armchair x2, sofa x1"`` (categories in alphabetical order), or ``"none"``.
+
+    Example:
+        >>> inventory_answer(["sofa", "armchair", "armchair"])
+        'armchair x2, sofa x1'
+    """
+    counts = {lab: labels.count(lab) for lab in sorted(set(labels))}
+    return ", ".join(f"{lab} x{n}" for lab, n in counts.items()) or "none"
+
+
+class PerceptionDataset(Dataset):
+    """Detection clips of rooms rendered on the fly: item ``i`` is a ``(Sample, dense targets)`` pair, the same
+    bytes for the same ``(seed, i)`` in any process."""
+
+    def __init__(self, cfg: PretrainConfig, synth: SynthConfig, seed: int, length: int, mode: str = "da",
+                 training: bool = True):  # fmt: skip
+        self.cfg, self.synth, self.seed, self.length, self.mode = cfg, synth, seed, length, mode
+        self.training = training  # held-out clips are always detection
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[Sample, dict[str, Tensor]]:
+        c = self.cfg
+        level = c.levels[i % len(c.levels)]
+        gen = clip_cfg(self.synth, self.seed, level)
+        rng = scene_rng(gen.seed, i)
+        scene = make_scene(f"pre{self.seed}_{i:07d}", rng, knobs_of(gen))
+        span = (c.clip_len - 1) * c.stride
+        start = int(rng.integers(0, len(scene.cam2world) - span))
+        frames = list(range(start, start + span + 1, c.stride))
+        parts = scene_parts(scene)
+        rendered = [render_frame(scene, scene.cam2world[f], parts=parts) for f in frames]
+        insts = np.stack([r[2] for r in rendered])
+        n = len(scene.objects)
+        visible = np.stack([np.bincount(x.ravel(), minlength=256)[1 : n + 1] for x in insts]).max(0)
+        keep = np.flatnonzero(visible >= gen.min_visible_pixels)
+        first_c2w = scene.cam2world[start]
+        objs, boxes = left_to_right([scene.objects[k] for k in keep], first_c2w)  # the benchmark's answer order
+        labels = [o.category for o in objs]
+        classes = np.array([1 + o.category_id for o in scene.objects], np.int64)
+        first6 = np.array([world_box_to_camera(o.box, first_c2w)[:6] for o in scene.objects]).reshape(n, 6)
+        per_frame = []
+        for f, (_, depth, inst) in zip(frames, rendered):
+            own6 = np.array([world_box_to_camera(o.box, scene.cam2world[f])[:6] for o in scene.objects]).reshape(n, 6)
+            per_frame.append(token_targets(inst, depth, own6, first6, classes))
+        dense = {k: torch.from_numpy(np.concatenate([t[k] for t in per_frame])) for k in per_frame[0]}
+        inventory = self.training and rng.random() < c.inventory_share
+        sample = Sample(
+            id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
+            prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
+            answer=P.format_answer(inventory_answer(labels) if inventory else P.detection_answer(boxes, labels),
+                                   self.mode),  # fmt: skip
+            target={"task": "detection", "mode": self.mode, "boxes": boxes, "labels": labels},
+            mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level},
+        )  # fmt: skip
+        return sample, dense
+
+
+def collate_perception(items: list[tuple[Sample, dict[str, Tensor]]], policy) -> dict:
+    """A training/validation batch: model inputs with answers, the samples, and dense targets concatenated over
+    every frame of every sample (the order of the visual tokens in the batch)."""
+    samples = [s for s, _ in items]
+    dense = {k: torch.cat([d[k] for _, d in items]) for k in items[0][1]}
+    return {"inputs": policy.collate(samples, with_answer=True), "samples": samples,
+            "targets": [s.target for s in samples], "dense": dense}  # fmt: skip
+
+
+class PerceptionDataModule(L.LightningDataModule):
+    """Training stream (``seed``, in index order; rooms are i.i.d.) and held-out clips (``seed + 1``)."""
+
+    def __init__(self, cfg: PretrainConfig, synth: SynthConfig, batch_size: int, eval_batch_size: int,
+                 collate_fn: Callable[[list], dict], num_workers: int = 0):  # fmt: skip
+        super().__init__()
+        self.cfg, self.synth, self.batch_size, self.eval_batch_size = cfg, synth, batch_size, eval_batch_size
+        self.collate_fn, self.num_workers = collate_fn, num_workers
+        if cfg.seed == synth.seed or cfg.seed + 1 == synth.seed:
+            raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
+                             "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
+        bad = [lv for lv in cfg.levels if lv not in LEVELS]
+        if bad or not cfg.levels:
+            raise ValueError(f"pretrain.levels={cfg.levels}: valid levels are {sorted(LEVELS)}")
+
+    def train_dataloader(self) -> DataLoader:
+        data = PerceptionDataset(self.cfg, self.synth, self.cfg.seed, self.cfg.scenes)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
+        return StatefulDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                                  num_workers=self.num_workers, persistent_workers=self.num_workers > 0)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        data = PerceptionDataset(self.cfg, self.synth, self.cfg.seed + 1, self.cfg.val_samples, training=False)
+        return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=self.collate_fn)
+
+    @property
+    def detection_classes(self) -> list[str]:
+        return sorted(self.synth.categories or CATEGORY_NAMES)

@@ -1,0 +1,156 @@
+"""Perception pretraining of the embedded base: detection answers + dense per-token losses on rendered rooms.
+
+The batch's visual features are computed once (``Policy.encode_visual``, with gradients), read by a dense head,
+and handed to the language model through HF's ``mm_encoder_outputs`` hook; a second head reads the language
+model's last hidden state at the visual positions. Validation greedily decodes held-out clips and logs what
+tells whether the policy sees: class-agnostic mIoU, label accuracy, centre error, the benchmark's detection
+F1 and the **image-swap gap** (answer cross-entropy with the next sample's frames minus with its own).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit3drft.algorithms.dense import DenseHead, dense_losses, detection_probe, token_mean_ratio
+from lit3drft.algorithms.sft import answer_only_cross_entropy
+from lit3drft.data.perception import NUM_CLASSES, PretrainConfig
+from lit3drft.modules.base import PolicyModule
+
+
+class PretrainModule(PolicyModule):
+    """``kind: pretrain`` stages; batches come from ``lit3drft.data.perception.collate_perception``."""
+
+    def __init__(self, pretrain_cfg: PretrainConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pcfg = pretrain_cfg
+        width = self.policy.core.config.text_config.hidden_size
+        self.heads = torch.nn.ModuleDict(
+            {"vision": DenseHead(width, NUM_CLASSES), "llm": DenseHead(width, NUM_CLASSES)}
+        )
+        self.image_token_id = self.policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self._val: dict[str, list[tuple[float, int]]] = {}
+        self.last_val: dict[str, float] = {}
+        self._last_step_at: float | None = None
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, batch: dict[str, Any], vision_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Answer CE and the dense losses of one batch (``vision_*`` and ``llm_*``); ``vision_only`` skips the
+        language model (CE 0)."""
+        policy = self.policy
+        b = policy.to_device(batch["inputs"])
+        d = {k: v.to(policy.device) for k, v in batch["dense"].items()}
+        feats = policy.encode_visual(b)  # {"image": [(tokens_i, D), ...]}
+        probe = self.pcfg.dense_weight == 0  # heads as linear probes: no gradient into the policy
+        vis = torch.cat(feats["image"])  # (sum tokens, D), the order of the dense targets
+        vis = vis.detach() if probe else vis
+        heads = self.heads
+        center = token_mean_ratio(vis)
+        losses = {f"vision_{k}": v for k, v in dense_losses(heads["vision"](vis), d["cls"], d["depth"], d["own"],
+                                                            d["has_obj"]).items()}  # fmt: skip
+        losses["vision_center"] = center
+        if vision_only:
+            return vis.new_zeros(()), losses
+        pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
+        out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                              use_cache=False, output_hidden_states=self.pcfg.dense_on_llm,
+                              mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
+        ce = answer_only_cross_entropy(out.logits, b["labels"])
+        if self.pcfg.dense_on_llm:
+            hidden = out.hidden_states[-1][b["input_ids"] == self.image_token_id]  # (sum tokens, D)
+            hidden = hidden.detach() if probe else hidden
+            llm = dense_losses(heads["llm"](hidden), d["cls"], d["depth"], d["first"], d["has_obj"])
+            losses.update({f"llm_{k}": v for k, v in llm.items()})
+        return ce, losses
+
+    def _total(self, ce: Tensor, losses: dict[str, Tensor]) -> Tensor:
+        center = losses["vision_center"] * (self.pcfg.center_weight if self.pcfg.dense_weight else 0.0)
+        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")))
+        return self.pcfg.answer_weight * ce + (self.pcfg.dense_weight or 1.0) * dense  # 0: probes on detached tokens
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        ce, losses = self._forward(batch, vision_only=self.global_step < self.pcfg.vision_warmup_steps)
+        loss = self._total(ce, losses)
+        n = len(batch["samples"])
+        now = time.perf_counter()
+        if self._last_step_at is not None:  # seconds per training step (rendering included, validation not)
+            self.log("time/step_s", now - self._last_step_at, batch_size=n)
+        self._last_step_at = now
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/answer_ce", ce, batch_size=n)
+        self.log_dict({f"train/dense/{k}": v for k, v in losses.items() if torch.isfinite(v)}, batch_size=n)
+        return loss
+
+    def on_train_start(self) -> None:
+        """Standardise the merger's output once, before the first step of a fresh stage (not on resume: the
+        checkpoint holds the weights already folded)."""
+        if self.global_step == 0 and self.pcfg.center_weight > 0 and self.pcfg.dense_weight > 0:
+            batch = next(iter(self.trainer.datamodule.train_dataloader()))  # a separate loader: the fit's is untouched
+            ratio = standardise_merger(self.policy, batch["inputs"])
+            if ratio is not None:
+                print(f"[lit3drft] merger output standardised (token mean ratio was {ratio:.1f})")
+
+    # ------------------------------------------------------------------ optimiser: vision parts may get a larger lr
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The language model at ``stage.lr``; the vision tower, merger and dense heads at ``vision_lr_scale`` x it."""
+        params = self.trainable_parameters()
+        vision = {id(p) for n, p in self.policy.named_parameters() if "visual" in n and p.requires_grad}
+        fast = [p for p in params if id(p) in vision] + list(self.heads.parameters())
+        return [{"params": [p for p in params if id(p) not in vision]},
+                {"params": fast, "lr": self.stage.lr * self.pcfg.vision_lr_scale}]  # fmt: skip
+
+    # ------------------------------------------------------------------ validation: does it see?
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        samples, targets = batch["samples"], batch["targets"]
+        was_training = self.policy.training
+        self.policy.eval()
+        ce, losses = self._forward(batch)
+        swapped = [replace(s, frames=samples[(i + 1) % len(samples)].frames) for i, s in enumerate(samples)]
+        ce_swap = answer_only_cross_entropy(self.policy(self.policy.collate(swapped, with_answer=True)).logits,
+                                            self.policy.to_device(batch["inputs"])["labels"])  # fmt: skip
+        completions = self.policy.generate(samples, max_new_tokens=self.eval_cfg.max_new_tokens)
+        self.policy.train(was_training)
+        self.val_metrics.update(completions, targets)
+        row = {"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
+               **{f"dense/{k}": v.item() for k, v in losses.items()}, **detection_probe(completions, targets)}  # fmt: skip
+        for k, v in row.items():
+            self._val.setdefault(k, []).append((v, len(samples)))
+
+    def on_validation_epoch_end(self) -> None:
+        values = {}
+        for k, rows in self._val.items():
+            rows = [(v, n) for v, n in rows if v == v]  # NaN: no object cell / no prediction in that batch
+            if rows:
+                values[f"val/{k}"] = sum(v * n for v, n in rows) / sum(n for _, n in rows)
+        self._val = {}
+        values.update({f"val/{k}": float(v) for k, v in self.val_metrics.compute().items()})
+        self.val_metrics.reset()
+        self.last_val = values  # what metrics.json of a pretraining run holds
+        self._last_step_at = None
+        self.log_dict(values)
+
+    # ------------------------------------------------------------------ checkpoints keep the heads too
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        heads = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("heads.")}
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["state_dict"].update(heads)
+
+
+@torch.no_grad()
+def standardise_merger(policy: Any, inputs: dict[str, Tensor], threshold: float = 1.0) -> float | None:
+    """Fold ``(v - mean) / std`` of the visual tokens of ``inputs`` into the merger's last linear layer when their
+    ``token_mean_ratio`` exceeds ``threshold`` (the model stays an ordinary Qwen2.5-VL); returns the ratio then."""
+    feats = torch.cat(policy.encode_visual(policy.to_device(inputs))["image"])  # (T, D)
+    ratio = float(token_mean_ratio(feats))
+    if ratio <= threshold:
+        return None
+    last = policy.core.visual.merger.mlp[-1]
+    mean, std = feats.mean(0), feats.std(0).mean().clamp(min=1e-6)
+    last.weight.div_(std)
+    last.bias.sub_(mean).div_(std)
+    return ratio

@@ -1,0 +1,93 @@
+"""The perception pretraining recipe (``experiments/pretrain_tiny.yaml``), a few steps of it, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lit3drft import fit
+from lit3drft.config import ConfigError, load_config
+from lit3drft.data.perception import PerceptionDataset, collate_perception
+from lit3drft.models import build_policy
+from lit3drft.models.config import ModelConfig
+from lit3drft.modules.pretrain import PretrainModule
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "experiments" / "pretrain_tiny.yaml"
+
+
+def _cfg(run_overrides: list[str], tmp_path: Path, *extra: str):
+    small = ["pretrain.val_samples=2", "trainer.val_every_n_steps=0", "stages.0.warmup_ratio=0"]
+    return load_config(RECIPE, [*run_overrides, f"output_dir={tmp_path}", *small, *extra])
+
+
+def test_the_recipe_runs_logs_the_probes_and_exports_a_base_that_loads(run_overrides, tmp_path) -> None:
+    cfg = _cfg(
+        run_overrides, tmp_path, "stages.0.max_steps=3", "pretrain.vision_warmup_steps=1", "trainer.val_every_n_steps=3"
+    )
+    payload = fit.fit(cfg)
+    run = tmp_path / "pretrain_tiny" / "run"
+    for key in ("val/miou", "val/label_acc", "val/swap_gap", "val/answer_ce", "val/dense/vision_cls",
+                "val/dense/llm_box", "val/detection/f1", "val/format_rate"):  # fmt: skip
+        assert key in payload["metrics"], key
+    assert json.loads((run / "metrics.json").read_text()) == payload
+    hf = run / "stages" / "0-pretrain" / fit.PRETRAINED_DIR
+    weights = load_file(hf / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+    # the exported directory loads through the real-checkpoint path and holds the trained weights
+    trained = torch.load(run / "stages" / "0-pretrain" / "trainable.pt")
+    base = build_policy(ModelConfig(preset="", pretrained=str(hf), finetune="full", freeze_vision=False))
+    own = dict(base.named_parameters())
+    for name, value in trained.items():
+        assert torch.equal(own[name].detach(), value.to(torch.bfloat16).float()), name
+    # the heads live in the checkpoint (exact resume), not in the exported base
+    ckpt = torch.load(run / "stages" / "0-pretrain" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert any(k.startswith("heads.vision.") for k in ckpt["state_dict"])
+    assert not any("heads" in k for k in weights)
+
+
+@pytest.mark.parametrize("dense_weight", [1.0, 0.0])
+def test_the_dense_loss_reaches_the_vision_tower_only_when_weighted(run_overrides, tmp_path, dense_weight) -> None:
+    cfg = _cfg(run_overrides, tmp_path, f"pretrain.dense_weight={dense_weight}")
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 4)
+    batch = collate_perception([data[0], data[1]], policy)
+    _, losses = module._forward(batch)
+    sum(v for k, v in losses.items() if not k.endswith("_acc")).backward()  # the dense part alone
+    vision = [p.grad for n, p in policy.named_parameters() if "visual" in n]
+    reached = any(g is not None and g.abs().sum() > 0 for g in vision)
+    assert reached == (dense_weight > 0)
+    assert module.heads["vision"].proj.weight.grad.abs().sum() > 0  # the probes learn either way
+
+
+def test_vision_warmup_steps_skip_the_language_model(run_overrides, tmp_path) -> None:
+    cfg = _cfg(run_overrides, tmp_path)
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 2)
+    ce, losses = module._forward(collate_perception([data[0], data[1]], policy), vision_only=True)
+    assert ce.item() == 0 and set(losses) == {
+        "vision_cls",
+        "vision_depth",
+        "vision_box",
+        "vision_cls_acc",
+        "vision_center",
+    }
+    module._total(ce, losses).backward()
+    llm = [p.grad for n, p in policy.named_parameters() if "language_model" in n]
+    assert all(g is None for g in llm)
+
+
+def test_pretraining_on_the_benchmark_seed_is_refused(run_overrides, tmp_path) -> None:
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.seed=0", "data.synth.seed=0", "stages.0.max_steps=1")
+    with pytest.raises(ValueError, match="pretrain.seed=0: must differ from data.synth.seed"):
+        fit.build_datamodule(cfg, None, cfg.stages[0])
+    with pytest.raises(ConfigError):
+        load_config(RECIPE, ["stages.0.kind=pretrained"])
