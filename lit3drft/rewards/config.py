@@ -30,8 +30,9 @@ class RewardConfig:
     """Weight of the frame reward inside the grounding reward."""
     grounding_iou_weight: float = 1.0
     """Weight of the world-frame IoU inside the grounding reward."""
-    spatial_numeric: Literal["mra", "linear"] = "mra"
-    """Numeric spatial answers: VSI-Bench MRA or the paper's linear ``max(0, 1 - |y - y*| / |y*|)``."""
+    spatial_numeric: Literal["mra", "mra_strict", "linear"] = "mra"
+    """Numeric spatial answers: ``mra`` (VSI-Bench's MRA exactly as its official evaluation code computes it),
+    ``mra_strict`` (the paper's written form with ``<``) or the paper's linear ``max(0, 1 - |y - y*| / |y*|)``."""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

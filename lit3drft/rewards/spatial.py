@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -25,25 +26,36 @@ QUESTION_TYPES = (
 )
 """VSI-Bench question types; the three relative-direction levels count as one task in the overall."""
 NUMERIC_TYPES = QUESTION_TYPES[:4]
-NUMERIC_SCORINGS = ("mra", "linear")
-_THRESHOLDS = torch.arange(0.50, 0.951, 0.05, dtype=torch.float64)  # VSI-Bench: 0.50, 0.55, ..., 0.95
+NUMERIC_SCORINGS = ("mra", "mra_strict", "linear")
+# VSI-Bench's thresholds exactly as its evaluation builds them (thinking-in-space / lmms-eval ``vsibench``):
+# ``np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))`` = 10 points; their float64 values decide the boundary
+# cases (11 vs 10 scores 0.9 there, 6 vs 5 scores 0.6), so they are computed the same way, not as 0.5 + 0.05 k.
+_THRESHOLDS = torch.from_numpy(np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2)))
 
 
-def mean_relative_accuracy(pred: Tensor, target: Tensor) -> Tensor:
-    """Elementwise VSI-Bench MRA: mean over θ in {0.50, ..., 0.95} of ``1[|pred - target| / |target| <= 1 - θ]``.
+def mean_relative_accuracy(pred: Tensor, target: Tensor, strict: bool = False) -> Tensor:
+    """Elementwise VSI-Bench MRA: mean over its 10 thresholds θ of ``1[|pred - target| / |target| <= 1 - θ]``.
 
-    Non-finite predictions score 0.
+    Equal to the official evaluation code for every positive ground truth (VSI-Bench's numeric answers are
+    counts, lengths and areas), float64 boundary effects included; it divides by ``target`` itself, which for
+    a negative ground truth would score every prediction 1, so the magnitude is used here. ``strict`` is the
+    paper's written form: ``<`` against the exact thresholds 0.50, 0.55, ..., 0.95. Non-finite predictions score 0.
 
     Example:
-        >>> mean_relative_accuracy(torch.tensor([10.0, 11.0, 13.0]), torch.tensor([10.0, 10.0, 10.0]))
-        tensor([1.0000, 0.9000, 0.5000])
+        >>> mean_relative_accuracy(torch.tensor([10.0, 11.0, 13.0, 6.0]), torch.tensor([10.0, 10.0, 10.0, 5.0]))
+        tensor([1.0000, 0.9000, 0.5000, 0.6000])
+        >>> mean_relative_accuracy(torch.tensor([11.0, 6.0]), torch.tensor([10.0, 5.0]), strict=True)
+        tensor([0.8000, 0.6000])
     """
     pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
     rel = (pred - target).abs() / target.abs()
     rel = torch.where(torch.isfinite(rel), rel, torch.full_like(rel, math.inf))
-    # inclusive as written (<=): a little slack, since 1 - 0.9 is 0.09999999999999998 in floating point
-    # (VSI-Bench's numpy code misses that boundary; we follow the definition)
-    hits = rel[..., None] <= (1 - _THRESHOLDS) + 1e-12
+    if strict:  # θ_k = (10 + k) / 20 exactly: 20 |pred - target| < (10 - k) |target|, no float thresholds
+        k = torch.arange(10, dtype=torch.float64)
+        hits = 20 * (pred - target).abs()[..., None] < (10 - k) * target.abs()[..., None]
+        hits = hits & torch.isfinite(rel)[..., None]
+    else:
+        hits = rel[..., None] <= 1 - _THRESHOLDS
     return hits.double().mean(-1).to(torch.get_default_dtype())
 
 
@@ -67,7 +79,7 @@ def _is_choice(target: dict[str, Any]) -> bool:
 
 
 def spatial_scores(
-    completions: list[str], targets: list[dict[str, Any]], numeric: Literal["mra", "linear"] = "mra"
+    completions: list[str], targets: list[dict[str, Any]], numeric: Literal["mra", "mra_strict", "linear"] = "mra"
 ) -> Tensor:
     """Per-sample score in [0, 1]: option-letter match, or MRA / linear accuracy of the number.
 
@@ -80,7 +92,8 @@ def spatial_scores(
     if numeric not in NUMERIC_SCORINGS:
         raise ValueError(f"unknown numeric scoring {numeric!r}; choose one of {NUMERIC_SCORINGS}")
     scores = torch.zeros(len(completions))
-    score_fn = mean_relative_accuracy if numeric == "mra" else linear_accuracy
+    score_fn = {"mra": mean_relative_accuracy, "linear": linear_accuracy,
+                "mra_strict": lambda p, t: mean_relative_accuracy(p, t, strict=True)}[numeric]  # fmt: skip
     for i, (text, target) in enumerate(zip(completions, targets)):
         answer = extract_answer(text)
         if answer is None:
@@ -102,7 +115,10 @@ def spatial_scores(
 
 
 def spatial_reward(
-    completions: list[str], targets: list[dict[str, Any]], numeric: Literal["mra", "linear"] = "mra", **_: Any
+    completions: list[str],
+    targets: list[dict[str, Any]],
+    numeric: Literal["mra", "mra_strict", "linear"] = "mra",
+    **_: Any,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Spatial-reasoning reward: ``(score (N,), {"spatial": score})``.
 

@@ -2,6 +2,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from lit3drft.rewards import (
     parse_detections,
     parse_json,
     score_completions,
+    spatial_scores,
     transform_boxes,
 )
 
@@ -110,12 +112,28 @@ def test_grounding_reward_uses_world_frame():
     assert world[:3].tolist() == pytest.approx([2.0, 0.0, 2.0])
 
 
-def test_mra_published_definition():
-    # VSI-Bench: mean over 0.50..0.95 of 1[|y - y*| / y* <= 1 - theta]
-    for pred, target in [(10.0, 10.0), (10.4, 10.0), (12.6, 10.0), (4.0, 10.0), (100.0, 10.0), (0.0, 3.0)]:
-        rel = abs(pred - target) / target
-        expected = sum(rel <= 1 - (0.5 + 0.05 * k) + 1e-12 for k in range(10)) / 10
-        assert mean_relative_accuracy(torch.tensor(pred), torch.tensor(target)).item() == pytest.approx(expected)
+def _official_mra(pred: float, target: float, start: float = 0.5, end: float = 0.95, interval: float = 0.05) -> float:
+    """A plain transcription of VSI-Bench's evaluation (thinking-in-space ``vsibench`` utils, lmms-eval's copy)."""
+    num_pts = (end - start) / interval + 2
+    conf_intervs = np.linspace(start, end, int(num_pts))
+    accuracy = (abs(pred - target) / target) <= 1 - conf_intervs
+    return float(accuracy.mean())
+
+
+def test_mra_equals_the_official_code_boundaries_included():
+    pairs = [(p, g) for g in (1, 2, 3, 4, 5, 7, 10, 20, 25, 100) for p in range(0, 3 * g + 1)]
+    pairs += [(p / 100, g / 100) for g in (10, 37, 50, 125, 333) for p in range(0, 3 * g + 1, 3)]
+    pairs += [(p / 10, g / 10) for g in (11, 15, 42) for p in range(0, 3 * g + 1)]
+    for pred, target in pairs:
+        f64 = torch.float64  # as spatial_scores passes them
+        got = mean_relative_accuracy(torch.tensor(pred, dtype=f64), torch.tensor(target, dtype=f64)).item()
+        assert got == pytest.approx(_official_mra(pred, target), abs=1e-6), (pred, target)  # one threshold = 0.1
+    # the cases that tell the definitions apart: official, the paper's strict form, and a slackened <=
+    assert mean_relative_accuracy(torch.tensor(6.0), torch.tensor(5.0)).item() == pytest.approx(0.6)
+    assert mean_relative_accuracy(torch.tensor(11.0), torch.tensor(10.0)).item() == pytest.approx(0.9)
+    assert mean_relative_accuracy(torch.tensor(11.0), torch.tensor(10.0), strict=True).item() == pytest.approx(0.8)
+    strict = spatial_scores(["<answer>11</answer>"], [{"ground_truth": 10.0, "options": None}], numeric="mra_strict")
+    assert strict.item() == pytest.approx(0.8)
 
 
 def test_score_completions_routes_and_masks():
