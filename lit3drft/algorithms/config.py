@@ -5,6 +5,7 @@ Names follow TRL's ``GRPOConfig`` where the concept is the same, so a TRL recipe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,9 +30,11 @@ class GRPOConfig:
     whole rollout batch (the paper's "averaged over all completion tokens of the batch"; TRL's default);
     `dr_grpo` token sum over (sequences x max_new_tokens)."""
     epsilon: float = 0.2
-    """Lower clip range: the ratio pi_theta/pi_old is clipped below at 1 - epsilon."""
+    """Lower clip range: the ratio pi_theta/pi_old is clipped below at 1 - epsilon. With ``num_iterations: 1`` the
+    ratio is exactly 1 and the clip never acts (as in TRL): varying epsilon then changes nothing."""
     epsilon_high: float | None = None
-    """Upper clip range (DAPO clip-higher, e.g. 0.28): clip above at 1 + epsilon_high; None means epsilon."""
+    """Upper clip range (DAPO clip-higher, e.g. 0.28): clip above at 1 + epsilon_high; None means epsilon. A no-op
+    with ``num_iterations: 1``, like ``epsilon``."""
     importance_sampling_level: ImportanceSamplingLevel = "token"
     """`token`: one ratio per token (GRPO); `sequence`: one length-normalised ratio per completion (GSPO)."""
     beta: float = 0.04
@@ -69,6 +72,13 @@ class GRPOConfig:
             raise ValueError("num_iterations, micro_batch_size and max_new_tokens must be >= 1")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        # bad sampling settings fail here, naming the key (else: NaN probabilities or an obscure multinomial error)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"grpo.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"grpo.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"grpo.top_k must be >= 1 or null (off), got {self.top_k}")
 
     @property
     def clip_high(self) -> float:

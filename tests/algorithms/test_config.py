@@ -12,6 +12,7 @@ from omegaconf.errors import ValidationError
 
 from lit3drft.algorithms import config as config_module
 from lit3drft.algorithms.config import GRPOConfig
+from lit3drft.config import ConfigError, load_config
 
 
 def test_every_field_has_a_default_and_a_docstring():
@@ -43,8 +44,26 @@ def test_omegaconf_round_trip_and_choices_are_closed():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"num_generations": 1}, {"epsilon": -0.1}, {"num_iterations": 0}, {"micro_batch_size": 0}, {"beta": -1.0}]
+    "bad",
+    [
+        {"num_generations": 1},
+        {"epsilon": -0.1},
+        {"num_iterations": 0},
+        {"micro_batch_size": 0},
+        {"beta": -1.0},
+        {"temperature": 0.0},
+        {"temperature": -1.0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": 0},
+    ],
 )
 def test_invalid_values_raise(bad):
     with pytest.raises(ValueError):
         GRPOConfig(**bad)
+
+
+@pytest.mark.parametrize("override", ["grpo.temperature=0", "grpo.top_p=0", "grpo.top_p=1.2", "grpo.top_k=0"])
+def test_bad_sampling_settings_fail_at_load_time_naming_the_key(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(None, [override])
