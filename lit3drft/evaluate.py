@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     run = trainer.validate if args.split == "val" else trainer.test
     results = run(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for row in results for k, v in row.items()}
+    if args.split == "test":
+        module.gather_predictions()  # every rank's share under DDP (a collective: all ranks call it)
+    if not trainer.is_global_zero:
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     if args.split == "test":
         module.write_predictions(out / "predictions.jsonl")

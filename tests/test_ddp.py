@@ -57,3 +57,10 @@ def test_two_ddp_ranks_equal_one_process_with_the_same_global_batch(run_override
     assert ids == ids_one  # both ranks' rows, in dataset order, no padding repeats
     logs = (run_two / "csv" / "1-grpo" / "metrics.csv").read_text()
     assert "reward" in logs  # the GRPO stage really ran its rollouts and rewards under DDP
+    # python -m lit3drft.evaluate under DDP writes every rank's predictions too (it wrote rank 0's half before)
+    ddp = [*run_overrides, "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2"]
+    done = subprocess.run([sys.executable, "-m", "lit3drft.evaluate", str(run_two), *ddp, "--out", str(tmp_path / "ev")],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in rows] == ids_one
