@@ -57,6 +57,14 @@ def stage_name(index: int, stage: StageConfig) -> str:
     return f"{index}-{stage.name or stage.kind}"
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into place: ``trainable.pt`` marks a finished stage, so a kill
+    during the write must leave no file rather than a truncated one (which every resume then failed to load)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def latest_stage_weights(run_dir: Path) -> Path:
     """``trainable.pt`` of the last finished stage of a run directory."""
     stages = sorted((run_dir / "stages").glob(f"*/{STAGE_DONE}"), key=lambda p: int(p.parent.name.split("-")[0]))
@@ -221,7 +229,7 @@ def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> tupl
             if stage.kind == "pretrain":  # the perception base, loadable as model.pretrained
                 export_pretrained(policy, stage_dir / PRETRAINED_DIR)
             trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
-            torch.save(trainable, done)
+            save_atomic(trainable, done)
         if test_after:
             tested.update(_test_stage(cfg, policy, module, run_dir, stage_dir, name))
     return module, tested

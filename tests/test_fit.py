@@ -119,3 +119,20 @@ def test_missing_init_from_fails_before_any_work(run_overrides, tmp_path, capsys
                      f"init_from={tmp_path / 'no_such_run'}"])  # fmt: skip
     assert code != 0
     assert "init_from" in capsys.readouterr().err and not (tmp_path / "sft_tiny").exists()
+
+
+def test_a_stage_marker_is_never_left_half_written(tmp_path, monkeypatch) -> None:
+    """``trainable.pt`` marks a finished stage: a kill while it is written must not leave a truncated one (seen in
+    a loaded CI run: every later ``--resume`` of that run died on ``EOFError`` loading it)."""
+
+    def killed_mid_write(obj, f) -> None:
+        Path(f).write_bytes(b"\x80\x02")  # the first bytes of a pickle, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit.torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        fit.save_atomic({"w": torch.zeros(1)}, tmp_path / "trainable.pt")
+    assert not (tmp_path / "trainable.pt").exists()
+    monkeypatch.undo()
+    fit.save_atomic({"w": torch.ones(1)}, tmp_path / "trainable.pt")
+    assert torch.load(tmp_path / "trainable.pt")["w"].item() == 1.0
