@@ -1,4 +1,7 @@
-"""Learning curves of perception pretraining runs: ``python dev/pretrain_curves.py OUT RUN_DIR[=LABEL] ...``.
+"""Learning curves of perception pretraining runs: ``python dev/pretrain_curves.py OUT RUN_DIR[=LABEL[@OFFSET]] ...``.
+
+``OFFSET`` shifts a run's steps (a run started with ``init_from`` another run's step-N weights: ``@N``), so that
+chained runs share one step axis.
 
 Reads each run's CSV log (``csv/0-pretrain/metrics.csv``), writes ``OUT/curves.csv`` (one row per validation:
 run, step, estimated training seconds, every ``val/`` figure but per-class F1) and ``OUT/curves.png``.
@@ -22,7 +25,7 @@ PANELS = ["val/miou", "val/detection/f1", "val/label_acc", "val/centre_err", "va
           "val/dense/vision_cls_acc", "val/dense/llm_box"]  # fmt: skip
 
 
-def run_curves(run_dir: Path, label: str) -> pd.DataFrame:
+def run_curves(run_dir: Path, label: str, offset: int = 0) -> pd.DataFrame:
     log = pd.read_csv(run_dir / "csv" / "0-pretrain" / "metrics.csv")
     cols = [c for c in log.columns if c.startswith("val/") and "/f1/" not in c]
     val = log.dropna(subset=["val/answer_ce"])[["step", *cols]].drop_duplicates("step", keep="last")
@@ -32,7 +35,8 @@ def run_curves(run_dir: Path, label: str) -> pd.DataFrame:
         steps = np.arange(int(val["step"].max()) + 1)
         per_step = np.interp(steps, t.index.to_numpy(), t.to_numpy())
         seconds = np.cumsum(per_step)[val["step"].astype(int).to_numpy()]
-    return val.assign(run=label, train_s=seconds.round(0))[["run", "step", "train_s", *cols]]
+    val = val.assign(run=label, train_s=seconds.round(0), step=val["step"] + offset)
+    return val[["run", "step", "train_s", *cols]]
 
 
 def main(argv: list[str]) -> None:
@@ -40,7 +44,8 @@ def main(argv: list[str]) -> None:
     frames = []
     for spec in runs:
         path, _, label = spec.partition("=")
-        frames.append(run_curves(Path(path), label or Path(path).name))
+        label, _, offset = label.partition("@")
+        frames.append(run_curves(Path(path), label or Path(path).name, int(offset or 0)))
     curves = pd.concat(frames, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.4f")

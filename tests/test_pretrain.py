@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace as replace_model
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_pretraining_on_the_benchmark_seed_is_refused(run_overrides, tmp_path) -
         fit.build_datamodule(cfg, None, cfg.stages[0])
     with pytest.raises(ConfigError):
         load_config(RECIPE, ["stages.0.kind=pretrained"])
+
+
+def test_the_shipped_base_is_a_small_bf16_hf_directory_that_the_tiny_experiments_load() -> None:
+    """``results/pretrain_tiny/base`` is what every embedded experiment starts from (``experiments/base/tiny.yaml``)."""
+    cfg = load_config(ROOT / "experiments" / "sft_tiny.yaml")
+    base = ROOT / cfg.model.pretrained
+    assert cfg.model.preset == "" and base == ROOT / "results" / "pretrain_tiny" / "base"
+    files = {p.name: p.stat().st_size for p in base.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(files)
+    assert files["model.safetensors"] < 25e6
+    assert {v.dtype for v in load_file(base / "model.safetensors").values()} == {torch.bfloat16}
+    policy = build_policy(replace_model(cfg.model, pretrained=str(base)))
+    assert not any(p.requires_grad for n, p in policy.named_parameters() if "visual" in n)  # frozen downstream
+    assert (ROOT / "results" / "pretrain_tiny" / "README.md").read_text().count("commit") >= 1

@@ -21,6 +21,7 @@ import torch
 
 from lit3drft.algorithms.config import GRPOConfig
 from lit3drft.algorithms.grpo import group_advantages, grpo_loss, zero_variance_groups
+from lit3drft.data.sample import TASKS
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards import score_completions
 
@@ -100,13 +101,14 @@ class GRPOModule(PolicyModule):
         self._log_groups_per_task(zero_std, [str(t.get("task", "")) for t in targets])
 
     def _log_groups_per_task(self, zero_std: torch.Tensor, tasks: list[str]) -> None:
-        """Per task: groups in the batch and the share of them with no reward variance (no gradient)."""
+        """Per task, every step (0 when absent, so no logger carries a stale value over): the groups in the batch
+        and how many had no reward variance (no gradient). Their sums over steps give the share per task."""
         logs = {}
-        for task in sorted(set(tasks)):
-            idx = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=zero_std.device)
-            logs[f"train/groups/{task}"] = float(len(idx))
-            logs[f"train/zero_std_groups/{task}"] = zero_std[idx].float().mean()
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}, batch_size=len(tasks))
+        for task in TASKS:
+            mask = torch.tensor([t == task for t in tasks], device=zero_std.device)
+            logs[f"train/groups/{task}"] = mask.sum().float()
+            logs[f"train/zero_std_count/{task}"] = (zero_std & mask).sum().float()
+        self.log_dict(logs, batch_size=len(tasks))
 
     def _optimise(self, rollout: Any, advantages: torch.Tensor, mask: torch.Tensor, rows: list[int], kept: int) -> dict:
         """μ passes over micro-batches of ``rows``; ``kept`` = completions that count (dynamic sampling)."""

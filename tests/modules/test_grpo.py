@@ -87,6 +87,13 @@ def test_grpo_step_logs_and_changes_weights(run_overrides, tmp_path) -> None:
     for key in ("train/reward", "train/kl", "train/entropy", "train/clip_ratio/low", "train/completion_length", "train/zero_std_groups",
                 "time/generation_s", "time/generated_tokens_per_s", "train/reward/format"):  # fmt: skip
         assert key in log.columns, key
+    # every step logs every task's group count and zero-variance count; they add up to the batch's prompts
+    steps = log.dropna(subset=["train/groups/detection"])
+    groups = sum(steps[f"train/groups/{t}"] for t in ("detection", "grounding", "spatial"))
+    prompts = cfg.stages[0].batch_size or cfg.data.batch_size
+    assert len(steps) and (groups == prompts).all()
+    zero = sum(steps[f"train/zero_std_count/{t}"] for t in ("detection", "grounding", "spatial"))
+    assert (zero == steps["train/zero_std_groups"] * groups).all()
     # with non-zero advantages somewhere, every trainable tensor moved unless all groups were flat
     if (log["train/zero_std_groups"].dropna() < 1).any():
         changed = [not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad]
