@@ -37,6 +37,9 @@ from lit3drft.models.geometry import depth_ray_map, geometry_patches
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 """Tokens that must never appear in a completion (they break the next forward's visual bookkeeping)."""
 
+REFERENCE_ADAPTER = "reference"
+"""Name of the frozen adapter that holds the KL reference under LoRA/QLoRA (``Policy.snapshot_reference``)."""
+
 MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "pixel_values_videos",
               "image_grid_thw", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
 
@@ -102,14 +105,25 @@ class Policy(nn.Module):
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
-        """Run the reference policy inside the block: adapter disabled (LoRA/QLoRA) or a frozen copy (full FT).
+        """Run the reference policy inside the block: the policy as ``snapshot_reference`` froze it.
 
-        Under full fine-tuning the copy is taken at the first call (or by ``snapshot_reference``); the
-        geometry prior keeps its current weights (freeze it with ``model.freeze_geometry`` for a fixed reference).
+        LoRA/QLoRA: the frozen ``reference`` adapter once a snapshot exists (the SFT policy in an SFT -> GRPO run),
+        else the adapter disabled (the base, which is where a fresh adapter starts). Full fine-tuning: a frozen copy,
+        taken at the first call if no snapshot exists. The geometry prior keeps its current weights (freeze it with
+        ``model.freeze_geometry`` for a fixed reference).
         """
         if self.uses_adapter:
-            with self.model.disable_adapter():
+            if REFERENCE_ADAPTER not in self.model.peft_config:
+                with self.model.disable_adapter():
+                    yield
+                return
+            active = self.model.active_adapter
+            self.model.set_adapter(REFERENCE_ADAPTER)
+            try:
                 yield
+            finally:
+                self.model.set_adapter(active)  # peft's set_adapter also makes `active` trainable again
+                self._freeze_reference_adapter()
             return
         if self.reference_model is None:
             self.snapshot_reference()
@@ -168,10 +182,13 @@ class Policy(nn.Module):
         return layers
 
     def snapshot_reference(self) -> None:
-        """Make the current weights the reference (call at the start of GRPO, after SFT).
+        """Make the current weights the reference (the GRPO stage calls it at its start, i.e. after SFT).
 
-        Full FT: a frozen copy. LoRA: the adapter is merged into the (full-precision) base weights and
-        re-initialised, so ``disable_adapter`` then gives the SFT model and the memory cost stays zero.
+        Full FT: a frozen copy of the model. LoRA and QLoRA: a second, frozen adapter named ``reference`` holding a
+        copy of the active adapter's weights; ``reference()`` switches to it. Costs one adapter's memory (a few
+        percent of the base at usual ranks) and no second model. Merging the SFT adapter into the base instead
+        would be lossy under QLoRA (4-bit weights) and would make a stage's ``trainable.pt`` (adapter only)
+        meaningless without the merged base, so the run directory could no longer be evaluated from its files.
         """
         if not self.uses_adapter:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -179,14 +196,24 @@ class Policy(nn.Module):
             return
         from peft.tuners.lora import LoraLayer
 
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer):
-                for name in module.active_adapters:
-                    if not module.get_base_layer().weight.dtype.is_floating_point:  # bnb 4-bit packs uint8
-                        raise NotImplementedError("snapshot_reference cannot merge into quantised (QLoRA) weights")
-                    base = module.get_base_layer().weight
-                    base.data += module.get_delta_weight(name).to(base.dtype)
-                    module.reset_lora_parameters(name, True)
+        active = self.model.active_adapter
+        if REFERENCE_ADAPTER not in self.model.peft_config:
+            self.model.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(self.model.peft_config[active]))
+            self.model.set_adapter(active)
+        # a plain tensor copy per layer: peft's set_peft_model_state_dict loads through the whole model's
+        # load_state_dict, which under QLoRA moved the 4-bit layers' outputs (logits by 0.03, measured)
+        with torch.no_grad():
+            for m in self.model.modules():
+                if isinstance(m, LoraLayer) and REFERENCE_ADAPTER in m.lora_A:
+                    for weights in (m.lora_A, m.lora_B):
+                        ref, src = weights[REFERENCE_ADAPTER].weight, weights[active].weight
+                        ref.data = src.detach().clone()
+        self._freeze_reference_adapter()
+
+    def _freeze_reference_adapter(self) -> None:
+        for name, p in self.model.named_parameters():
+            if f".{REFERENCE_ADAPTER}." in name:
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ inputs
     def _messages(self, sample: Sample) -> list[dict[str, Any]]:

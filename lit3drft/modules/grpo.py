@@ -40,12 +40,12 @@ class GRPOModule(PolicyModule):
         self.automatic_optimization = False
 
     def setup(self, stage: str) -> None:
-        """Freeze the KL reference before any checkpoint is restored (so a resumed run keeps the same one).
-
-        Full fine-tuning: a frozen copy of the weights this stage starts from (the SFT model). LoRA: the base
-        model with the adapter disabled (as TRL does), which costs no memory; see README.
+        """Freeze the KL reference before any checkpoint is restored, so a resumed run keeps the same one: the
+        policy this stage starts from (the SFT model after an SFT stage), in every fine-tuning mode. Full
+        fine-tuning: a frozen copy; LoRA/QLoRA: a frozen copy of the adapter (``Policy.snapshot_reference``).
+        On ``--resume`` the previous stages' weights are loaded before this runs, so the snapshot is the same.
         """
-        if stage == "fit" and self.grpo.beta > 0 and not self.policy.uses_adapter:
+        if stage == "fit" and self.grpo.beta > 0:
             self.policy.snapshot_reference()
 
     # ------------------------------------------------------------------ one rollout batch

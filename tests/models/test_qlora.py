@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lit3drft.models import build_policy
+from tests.models.test_reference import check_reference_is_the_sft_policy
 
 
 def test_qlora_forward_and_backward_on_cpu(make_cfg, samples):
@@ -31,10 +32,9 @@ def test_qlora_forward_and_backward_on_cpu(make_cfg, samples):
         assert torch.isfinite(policy(policy.collate(samples)).logits).all()
 
 
-def test_qlora_snapshot_reference_refuses_to_merge(make_cfg):
+def test_qlora_reference_after_sft_is_the_sft_policy_not_the_base(make_cfg, samples, perturb_lora):
     try:
-        policy = build_policy(make_cfg(finetune="qlora"))
+        policy = build_policy(make_cfg(finetune="qlora")).eval()
     except Exception as e:
         pytest.skip(f"bitsandbytes 4-bit unavailable here: {type(e).__name__}: {e}")
-    with pytest.raises(NotImplementedError, match="QLoRA"):
-        policy.snapshot_reference()
+    check_reference_is_the_sft_policy(policy, policy.collate(samples), perturb_lora)

@@ -66,13 +66,40 @@ def test_full_finetune_reference_is_a_frozen_copy(make_cfg, samples):
     assert not any(k.startswith("reference_model") for k in policy.state_dict())
 
 
-def test_snapshot_reference_merges_lora_into_base(make_cfg, samples, perturb_lora):
-    policy = build_policy(make_cfg()).eval()
-    perturb_lora(policy, seed=5)
-    batch = policy.collate(samples)
+def _logits(policy, batch) -> torch.Tensor:
     with torch.no_grad():
-        sft = policy(batch).logits
-        policy.snapshot_reference()
-        assert torch.allclose(policy(batch).logits, sft, atol=1e-4)  # adapter reset, merged into the base
-        with policy.reference():
-            assert torch.allclose(policy(batch).logits, sft, atol=1e-4)  # the reference is now the SFT model
+        return policy(batch).logits
+
+
+def check_reference_is_the_sft_policy(policy, batch, perturb_lora) -> None:
+    """After "SFT" (a random adapter) and a snapshot, further "GRPO" updates leave the reference at the SFT policy:
+    equal to a frozen copy of it, different from the untuned base and from the current policy."""
+    perturb_lora(policy, seed=5)  # the SFT stage's adapter
+    sft = _logits(policy, batch)  # the SFT policy's outputs (a deepcopy of a 4-bit model does not compute alike)
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    with torch.no_grad(), policy.model.disable_adapter():
+        base = policy(batch).logits
+    policy.snapshot_reference()
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable, (
+        "the reference adapter must stay frozen (and out of trainable.pt)"
+    )
+    with torch.no_grad():  # GRPO moves what the optimiser holds: the trainable adapter only
+        g = torch.Generator().manual_seed(6)
+        for name, p in policy.named_parameters():
+            if p.requires_grad and "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    with torch.no_grad(), policy.reference():
+        ref = policy(batch).logits
+    assert torch.equal(ref, sft)
+    assert not torch.allclose(ref, base, atol=1e-3) and not torch.allclose(ref, _logits(policy, batch), atol=1e-3)
+    assert any(p.requires_grad for n, p in policy.named_parameters() if "lora_B.default" in n)  # trainable again
+    policy.snapshot_reference()  # a second GRPO stage: the snapshot follows the policy
+    current = _logits(policy, batch)
+    with torch.no_grad(), policy.reference():
+        ref = policy(batch).logits
+    assert torch.equal(ref, current)
+
+
+def test_lora_reference_after_sft_is_the_sft_policy_not_the_base(make_cfg, samples, perturb_lora):
+    policy = build_policy(make_cfg()).eval()
+    check_reference_is_the_sft_policy(policy, policy.collate(samples), perturb_lora)
