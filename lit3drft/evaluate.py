@@ -36,13 +36,20 @@ def resolve_target(target: Path, config: str | None, overrides: list[str]) -> tu
     raise ConfigError(f"{target}: not a run directory (config.yaml), weights file or HF checkpoint (config.json)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lit3drft.evaluate", description=__doc__.splitlines()[0])
+def target_parser(prog: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """The command line shared by the tools that read a run, weights file or HF checkpoint (evaluate, probe)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("target", help="run directory, trainable.pt / .ckpt, or HF checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides (data.*, eval.*)")
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--config", help="experiment YAML (needed for an HF checkpoint)")
-    parser.add_argument("--out", help="output directory (default <run_dir>/eval-<split>)")
+    parser.add_argument("--out", help=out_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = target_parser("python -m lit3drft.evaluate", __doc__.splitlines()[0],
+                           "output directory (default <run_dir>/eval-<split>)")  # fmt: skip
     args = parser.parse_intermixed_args(argv)
     try:
         cfg, weights, base = resolve_target(Path(args.target), args.config, args.overrides)

@@ -10,7 +10,6 @@ Writes ``<run_dir>/probe-<split>.json`` (or ``--out``) and prints it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,7 +22,7 @@ from lit3drft.algorithms.dense import detection_probe
 from lit3drft.algorithms.sft import answer_only_cross_entropy
 from lit3drft.config import ConfigError
 from lit3drft.data.sample import Sample
-from lit3drft.evaluate import resolve_target
+from lit3drft.evaluate import resolve_target, target_parser
 from lit3drft.fit import build_datamodule, load_trainable
 from lit3drft.models import build_policy
 from lit3drft.runinfo import device_description, git_commit, write_json_atomic
@@ -69,13 +68,9 @@ def probe(policy, samples: list[Sample], batch_size: int, max_new_tokens: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lit3drft.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="run directory, trainable.pt / .ckpt, or HF checkpoint directory")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides (data.*, eval.*)")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser = target_parser("python -m lit3drft.probe", __doc__.splitlines()[0],
+                           "output file (default <run_dir>/probe-<split>[-<stage>].json)")  # fmt: skip
     parser.add_argument("--stage", help="a stage of the run (e.g. 0-sft) instead of its last finished one")
-    parser.add_argument("--config", help="experiment YAML (needed for an HF checkpoint)")
-    parser.add_argument("--out", help="output file (default <run_dir>/probe-<split>[-<stage>].json)")
     args = parser.parse_intermixed_args(argv)
     try:
         cfg, weights, base = resolve_target(Path(args.target), args.config, args.overrides)
