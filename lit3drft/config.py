@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -162,6 +163,29 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only ``true``/``false`` are booleans, so ``off``, ``on``, ``yes`` and ``no`` stay the
+    strings that settings such as ``grpo.dynamic_sampling: off`` mean (YAML 1.1 would read ``off`` as False)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))  # fmt: skip
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as config files and ``key=value`` overrides are read (``_Loader``: YAML 1.2 booleans).
+
+    Example:
+        >>> load_yaml("a: off\\nb: true\\nc: [on, no]")
+        {'a': 'off', 'b': True, 'c': ['on', 'no']}
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
     """``[(source, layer), ...]`` for ``path`` and the files it inherits, parents first."""
     path = path.resolve()
@@ -170,7 +194,7 @@ def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Dic
     if path in seen:
         raise ConfigError(f"inherit cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -189,7 +213,7 @@ def _apply_override(merged: DictConfig, item: str) -> DictConfig:
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
     node: Any = merged

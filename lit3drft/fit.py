@@ -107,6 +107,9 @@ def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> 
     )
     if stage is not None and stage.batch_size:
         data = dataclasses.replace(data, batch_size=stage.batch_size)
+    if stage is not None and stage.kind == "grpo" and cfg.grpo.dynamic_sampling == "resample":
+        # a step receives every batch of prompts it may sample (GRPOModule.training_step takes them B at a time)
+        data = dataclasses.replace(data, batch_size=data.batch_size * cfg.grpo.max_generation_batches)
     if stage is not None and stage.sources is not None:
         known = [s.name for s in cfg.data.sources]
         unknown = [n for n in stage.sources if n not in known]

@@ -168,3 +168,12 @@ def test_missing_checkpoints_fail_at_start_naming_key_and_path(tmp_path: Path) -
     with pytest.raises(ConfigError, match="model.pretrained is empty and model.preset is ''"):
         check_paths(load_config(None, ["model.preset=''"]))
     check_paths(load_config(None, []))  # the tiny preset needs no files
+
+
+def test_off_and_on_are_strings_in_files_and_overrides(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``off`` as False: ``grpo.dynamic_sampling=off`` failed with "Invalid value 'False'"."""
+    assert load_config(None, ["grpo.dynamic_sampling=off"]).grpo.dynamic_sampling == "off"
+    f = tmp_path / "run.yaml"
+    f.write_text("grpo:\n  dynamic_sampling: off\nmodel:\n  gradient_checkpointing: true\n")
+    cfg = load_config(f)
+    assert cfg.grpo.dynamic_sampling == "off" and cfg.model.gradient_checkpointing is True

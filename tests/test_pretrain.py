@@ -106,3 +106,23 @@ def test_the_shipped_base_is_a_small_bf16_hf_directory_that_the_tiny_experiments
     policy = build_policy(replace_model(cfg.model, pretrained=str(base)))
     assert not any(p.requires_grad for n, p in policy.named_parameters() if "visual" in n)  # frozen downstream
     assert (ROOT / "results" / "pretrain_tiny" / "README.md").read_text().count("commit") >= 1
+
+
+def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_path, caplog) -> None:
+    """``model.geometry: depth`` in pretraining: the trained prior is exported beside the HF weights and loaded by a
+    run with the same prior; a run without it is told that it leaves the prior unused; another width is refused."""
+    cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.vision_warmup_steps=0", "model.geometry=depth")
+    fit.fit(cfg)
+    hf = tmp_path / "pretrain_tiny" / "run" / "stages" / "0-pretrain" / fit.PRETRAINED_DIR
+    trained = torch.load(hf.parent / "trainable.pt")
+    geo = {k.removeprefix("geometry."): v for k, v in trained.items() if k.startswith("geometry.")}
+    assert geo and any(v.abs().sum() > 0 for k, v in geo.items() if k.startswith("merger.mlp.2"))  # left zero-init
+    model = ModelConfig(preset="", pretrained=str(hf), finetune="full", geometry="depth")
+    policy = build_policy(model)
+    for name, value in policy.geometry.state_dict().items():
+        assert torch.equal(value, geo[name].to(torch.bfloat16).float()), name
+    with caplog.at_level("WARNING"):
+        assert build_policy(replace_model(model, geometry="none")).geometry is None
+    assert "leaves unused" in caplog.text
+    with pytest.raises(ValueError, match="geometry_dim"):
+        build_policy(replace_model(model, geometry_dim=model.geometry_dim * 2))

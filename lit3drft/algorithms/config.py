@@ -12,7 +12,7 @@ from typing import Literal
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
-DynamicSampling = Literal["off", "skip"]
+DynamicSampling = Literal["off", "skip", "resample"]
 
 
 @dataclass
@@ -53,8 +53,14 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     """Drop completions that hit max_new_tokens without EOS from the loss (DAPO overlong filtering)."""
     dynamic_sampling: DynamicSampling = "off"
-    """Groups whose rewards have zero variance carry no signal: `off` keeps them (advantage 0), `skip` drops them
-    from the update (DAPO's dynamic sampling without refilling the batch). The fraction is logged either way."""
+    """Groups whose rewards have zero variance carry no signal: `off` keeps them (advantage 0); `skip` drops them
+    from the update (no refill; a step whose batch has no group with variance makes no update); `resample`
+    (DAPO's dynamic sampling) drops them and draws further batches of B prompts, up to `max_generation_batches`
+    batches a step, until B groups with variance are found (the first B are used). The fraction and the batches
+    drawn are logged. The stage's `max_steps` counts optimiser updates in every mode, on one process or many."""
+    max_generation_batches: int = 3
+    """`resample`: the most batches of B prompts sampled for one update (the data loader hands a step this many
+    batches of prompts; the unused ones are dropped, so the data order and `--resume` stay exact)."""
     micro_batch_size: int = 8
     """Completions per forward/backward chunk ("loss backward chunking"): memory independent of B*G. The prompt
     runs once per distinct prompt of a chunk, so a multiple of num_generations (whole groups) wastes least."""
@@ -70,6 +76,8 @@ class GRPOConfig:
             raise ValueError("epsilon and epsilon_high must be non-negative")
         if self.num_iterations < 1 or self.micro_batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("num_iterations, micro_batch_size and max_new_tokens must be >= 1")
+        if self.max_generation_batches < 1:
+            raise ValueError(f"grpo.max_generation_batches must be >= 1, got {self.max_generation_batches}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         # bad sampling settings fail here, naming the key (else: NaN probabilities or an obscure multinomial error)

@@ -52,7 +52,10 @@ class PretrainConfig:
     """Seed of the pretraining rooms; any seed but the benchmark's (``data.synth.seed``) keeps its val/test scenes
     unseen. Held-out pretraining curves use ``seed + 1``."""
     levels: list[int] = field(default_factory=lambda: [3])
-    """Benchmark difficulty levels to draw rooms from (clip ``i`` uses ``levels[i % len(levels)]``)."""
+    """Benchmark difficulty levels to draw training rooms from (clip ``i`` uses ``levels[i % len(levels)]``): a
+    curriculum mix such as ``[1, 2, 3]``. Held-out clips use ``val_level``."""
+    val_level: int = 0
+    """Level of the held-out clips; 0: the benchmark's own (``data.synth.level``), where the figures are reported."""
     clip_len: int = 4
     """Frames per detection clip."""
     stride: int = 3
@@ -150,14 +153,15 @@ class PerceptionDataset(Dataset):
     def __init__(self, cfg: PretrainConfig, synth: SynthConfig, seed: int, length: int, mode: str = "da",
                  training: bool = True):  # fmt: skip
         self.cfg, self.synth, self.seed, self.length, self.mode = cfg, synth, seed, length, mode
-        self.training = training  # held-out clips are always detection
+        self.training = training  # held-out clips are always detection, at one level
+        self.levels = cfg.levels if training else [cfg.val_level or synth.level]
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> tuple[Sample, dict[str, Tensor]]:
         c = self.cfg
-        level = c.levels[i % len(c.levels)]
+        level = self.levels[i % len(self.levels)]
         gen = clip_cfg(self.synth, self.seed, level)
         rng = scene_rng(gen.seed, i)
         scene = make_scene(f"pre{self.seed}_{i:07d}", rng, knobs_of(gen))
@@ -188,6 +192,7 @@ class PerceptionDataset(Dataset):
                                    self.mode),  # fmt: skip
             target={"task": "detection", "mode": self.mode, "boxes": boxes, "labels": labels},
             mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level},
+            depth=[r[1] for r in rendered], intrinsics=scene.intrinsics,  # for model.geometry: depth
         )  # fmt: skip
         return sample, dense
 
@@ -212,9 +217,10 @@ class PerceptionDataModule(L.LightningDataModule):
         if cfg.seed == synth.seed or cfg.seed + 1 == synth.seed:
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
-        bad = [lv for lv in cfg.levels if lv not in LEVELS]
+        bad = [lv for lv in [*cfg.levels, cfg.val_level or synth.level] if lv not in LEVELS]
         if bad or not cfg.levels:
-            raise ValueError(f"pretrain.levels={cfg.levels}: valid levels are {sorted(LEVELS)}")
+            raise ValueError(f"pretrain.levels={cfg.levels}, pretrain.val_level={cfg.val_level}: valid levels are "
+                             f"{sorted(LEVELS)} (val_level 0: data.synth.level)")  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         data = PerceptionDataset(self.cfg, self.synth, self.cfg.seed, self.cfg.scenes)

@@ -14,6 +14,7 @@ Everything loads offline: a missing ``model.pretrained`` directory is an error t
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from lit3drft.models.config import ModelConfig
 from lit3drft.models.geometry import build_geometry_encoder
 from lit3drft.models.policy import Policy
 from lit3drft.models.tiny import tiny_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
@@ -136,6 +139,23 @@ def keep_loaded_dtype(model: nn.Module, loaded: dict[str, torch.dtype]) -> int:
     return restored
 
 
+def keep_4bit_layout_for_training(model: nn.Module) -> int:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights; returns the layers changed.
+
+    On a CPU with AVX512-BF16, a ``Linear4bit`` forward in eval mode without grad (a validation pass, a rollout)
+    repacks its weight for a faster kernel and never packs it back; every later forward with grad (the next
+    training step) then runs that inference-only kernel and fails ("a view of a leaf Variable that requires grad
+    is being used in an in-place operation"). A QLoRA run alternates the two, so the weight keeps the training
+    layout. No effect on CUDA, where the repacking never happens.
+    """
+    changed = 0
+    for m in model.modules():
+        if getattr(m, "support_avx512bf16_for_cpu", False):
+            m.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Wrap ``model`` for ``cfg.finetune`` (peft LoRA / QLoRA, or full with freezing) + gradient checkpointing."""
     if cfg.finetune == "full":
@@ -153,6 +173,7 @@ def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
         keep_loaded_dtype(model, loaded)
+        keep_4bit_layout_for_training(model)
     elif cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     lora = LoraConfig(
@@ -182,19 +203,57 @@ def build_policy(cfg: ModelConfig) -> Policy:
     if geometry is not None and getattr(model.config, "model_type", "") not in ("qwen2_vl", "qwen2_5_vl"):
         raise NotImplementedError(f"model.geometry={cfg.geometry} supports Qwen2-VL / Qwen2.5-VL checkpoints only")
     if geometry is not None:
+        load_geometry_prior(geometry, path, cfg)
         geometry.to(next(model.parameters()).device)
         for name, p in geometry.named_parameters():
             p.requires_grad_(not cfg.freeze_geometry and not name.startswith("vggt."))
+    elif (Path(path) / GEOMETRY_FILE).exists():
+        log.warning(
+            "%s holds a trained geometry prior (%s) that model.geometry=none leaves unused", path, GEOMETRY_FILE
+        )
     return Policy(model, processor, cfg, geometry)
+
+
+GEOMETRY_FILE = "geometry_prior.safetensors"
+"""A checkpoint directory's trained geometry prior (lit3drft's addition to the HF model, e.g. the embedded base's
+depth encoder); its metadata names the kind and width it was built with."""
+
+
+def load_geometry_prior(geometry: nn.Module, path: str | Path, cfg: ModelConfig) -> bool:
+    """Load ``GEOMETRY_FILE`` of checkpoint ``path`` into ``geometry`` when present (False when absent: a fresh prior
+    starts at zero). A file made for another prior kind or width is refused with both named."""
+    file = Path(path) / GEOMETRY_FILE
+    if not file.exists():
+        return False
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(file), "pt") as f:
+        meta = f.metadata() or {}
+    made = (meta.get("geometry"), meta.get("geometry_dim"))
+    if made != (cfg.geometry, str(cfg.geometry_dim)):
+        raise ValueError(f"{file}: a geometry prior made for model.geometry={made[0]}, geometry_dim={made[1]}; this "
+                         f"run has model.geometry={cfg.geometry}, geometry_dim={cfg.geometry_dim}")  # fmt: skip
+    state = {k: v.float() for k, v in load_file(str(file)).items()}
+    geometry.load_state_dict(state, strict=True)
+    return True
 
 
 def export_pretrained(policy: Policy, path: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write ``policy`` as an ordinary Hugging Face directory (weights in ``dtype`` safetensors, processor,
-    generation config) that ``model.pretrained`` loads like a downloaded checkpoint. Adapters are merged first;
-    a geometry prior is not part of the HF model and is refused."""
-    if policy.geometry is not None:
-        raise NotImplementedError("export_pretrained: a policy with a geometry prior (model.geometry != none)")
+    generation config) that ``model.pretrained`` loads like a downloaded checkpoint. Adapters are merged first.
+    A trained ``depth`` prior is written beside it (``GEOMETRY_FILE``), which ``build_policy`` loads when the run
+    has the same ``model.geometry``; a frozen ``vggt`` prior is not exported (its checkpoint is external)."""
+    if policy.geometry is not None and policy.cfg.geometry != "depth":
+        raise NotImplementedError(f"export_pretrained: model.geometry={policy.cfg.geometry} (only depth is exported)")
     path = Path(path)
+    if policy.geometry is not None:
+        from safetensors.torch import save_file
+
+        path.mkdir(parents=True, exist_ok=True)
+        geo = {k: v.detach().to("cpu", dtype).contiguous() for k, v in policy.geometry.state_dict().items()}
+        save_file(geo, str(path / GEOMETRY_FILE),
+                  metadata={"geometry": policy.cfg.geometry, "geometry_dim": str(policy.cfg.geometry_dim)})  # fmt: skip
     model = copy.deepcopy(policy.model).merge_and_unload() if policy.uses_adapter else policy.model
     state = {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.save_pretrained(path, state_dict=state)

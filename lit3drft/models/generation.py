@@ -111,14 +111,39 @@ def _index_prompts(batch: dict[str, Tensor], idx: list[int]) -> dict[str, Tensor
     return out
 
 
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` and every submodule in eval mode inside the block; each one's own flag restored after.
+
+    Sampling must not depend on the caller's train/eval state: a GRPO step samples from inside
+    ``training_step`` (train mode), where transformers' activation checkpointing drops the KV cache
+    (``use_cache=False`` in every decoder layer) and dropout would act on the rollouts.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 @torch.no_grad()
 def _decode(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new_tokens: int, temperature: float,
             top_p: float, top_k: int | None, greedy: bool,
             feats: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Prefill B prompts once, repeat the cache ``repeats`` times, decode. Returns ids, mask, logprobs, truncated.
 
-    ``feats``: the prompts' visual features (``Policy.encode_visual``) when already computed.
+    ``feats``: the prompts' visual features (``Policy.encode_visual``) when already computed. Runs in eval mode
+    whatever the policy's (``eval_mode``).
     """
+    with eval_mode(policy):
+        return _decode_loop(policy, batch, repeats, max_new_tokens, temperature, top_p, top_k, greedy, feats)
+
+
+def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new_tokens: int, temperature: float,
+                 top_p: float, top_k: int | None, greedy: bool,
+                 feats: dict[str, list[Tensor]] | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     hf = policy.hf_model
     ids, mask = batch["input_ids"], batch["attention_mask"]
     pos, deltas = policy.positions(ids, batch["mm_token_type_ids"], mask, batch)

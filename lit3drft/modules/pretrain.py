@@ -96,9 +96,11 @@ class PretrainModule(PolicyModule):
 
     # ------------------------------------------------------------------ optimiser: vision parts may get a larger lr
     def param_groups(self) -> list[dict[str, Any]]:
-        """The language model at ``stage.lr``; the vision tower, merger and dense heads at ``vision_lr_scale`` x it."""
+        """The language model at ``stage.lr``; the vision tower, merger, geometry prior and dense heads at
+        ``vision_lr_scale`` x it."""
         params = self.trainable_parameters()
-        vision = {id(p) for n, p in self.policy.named_parameters() if "visual" in n and p.requires_grad}
+        vision = {id(p) for n, p in self.policy.named_parameters()
+                  if ("visual" in n or n.startswith("geometry.")) and p.requires_grad}  # fmt: skip
         fast = [p for p in params if id(p) in vision] + list(self.heads.parameters())
         return [{"params": [p for p in params if id(p) not in vision]},
                 {"params": fast, "lr": self.stage.lr * self.pcfg.vision_lr_scale}]  # fmt: skip

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit3drft.models import build_policy
 from lit3drft.models.generation import filter_logits
 
 
@@ -150,3 +151,26 @@ def test_raw_pixel_path_matches_feature_reuse(lora_policy, samples, monkeypatch)
         monkeypatch.setattr(type(lora_policy), "reuses_visual_features", property(lambda self: False))
         raw = lora_policy.sequence_logprobs(r, rows=[3, 0])
     assert torch.allclose(reused, raw, atol=1e-5)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_generation_in_train_mode_with_checkpointing(make_cfg, samples, finetune):
+    """A GRPO step samples while its module is in train mode; with activation checkpointing on, transformers then
+    turns the KV cache off (``use_cache=False``) inside the decoder layers. Sampling must not depend on that state:
+    same greedy text as in eval mode, a KV cache all the same, the train/eval flags of every module restored."""
+    torch.manual_seed(0)
+    policy = build_policy(make_cfg(finetune=finetune, gradient_checkpointing=True, freeze_vision=True))
+    policy.eval()
+    expected = policy.generate(samples, max_new_tokens=8)
+    policy.train()
+    flags = {name: m.training for name, m in policy.named_modules()}
+    assert any(flags.values()) and any(getattr(m, "gradient_checkpointing", False) for m in policy.modules())
+    assert policy.generate(samples, max_new_tokens=8) == expected
+    torch.manual_seed(1)
+    r = policy.generate_group(samples, num_generations=2, max_new_tokens=6)
+    assert r.completion_ids.shape[0] == 2 * len(samples)
+    assert {name: m.training for name, m in policy.named_modules()} == flags
+    with torch.no_grad():  # the log-prob pass keeps train mode (checkpointing) and agrees with the sampler
+        full = policy.sequence_logprobs(r)
+    m = r.completion_mask.bool()
+    assert (full - r.logprobs)[m].abs().max() < 1e-4

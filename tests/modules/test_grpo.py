@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from lit3drft import fit
 from lit3drft.config import load_config
 from lit3drft.modules import grpo as grpo_module
+from lit3drft.rewards.registry import RewardOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +100,65 @@ def test_grpo_step_logs_and_changes_weights(run_overrides, tmp_path) -> None:
     if (log["train/zero_std_groups"].dropna() < 1).any():
         changed = [not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad]
         assert any(changed)
+
+
+def _scripted_scorer(flat_calls: set[int], calls: list[int]):
+    """A reward that is flat (all 0) on the listed calls and varies within every group (0, 1, ...) otherwise."""
+
+    def score(texts, targets, cfg):
+        calls.append(len(texts))
+        k = len(calls)
+        G = 2
+        values = [0.0 if k in flat_calls else float(r % G) for r in range(len(texts))]
+        return RewardOutput(total=torch.tensor(values))
+
+    return score
+
+
+def test_resample_draws_batches_until_b_groups_have_variance(run_overrides, tmp_path, monkeypatch) -> None:
+    """DAPO's dynamic sampling: a flat first batch is replaced by the next one of the step's prompts; an update
+    uses exactly B groups with variance; the data loader hands a step max_generation_batches * B prompts."""
+    calls: list[int] = []
+    monkeypatch.setattr(grpo_module, "score_completions", _scripted_scorer({1}, calls))
+    prompts: list[int] = []
+    real_step = grpo_module.GRPOModule.training_step
+
+    def counting(self, batch, batch_idx):
+        prompts.append(len(batch["samples"]))
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(grpo_module.GRPOModule, "training_step", counting)
+    cfg = _grpo_cfg(run_overrides, tmp_path, "data.batch_size=2", "grpo.num_generations=2",
+                    "grpo.dynamic_sampling=resample", "grpo.max_generation_batches=3")  # fmt: skip
+    fit.fit(cfg)
+    assert prompts == [6, 6]  # B = 2 prompts, up to 3 batches of them per step
+    assert calls == [4, 4, 4]  # step 1: flat batch, then one with variance; step 2: the first batch suffices
+    log = pd.read_csv(fit.run_dir_of(cfg) / "csv" / "0-grpo" / "metrics.csv")
+    assert log["train/generation_batches"].dropna().tolist() == [2.0, 1.0]
+    assert log["train/kept_completions"].dropna().tolist() == [4.0, 4.0]
+    assert (
+        log["train/groups/detection"].dropna().sum()
+        + log["train/groups/grounding"].dropna().sum()
+        + log["train/groups/spatial"].dropna().sum()
+        == 6
+    )  # every sampled group is counted, flat ones included
+
+
+def test_max_steps_counts_updates_and_a_flat_stream_stops_with_a_message(run_overrides, tmp_path, monkeypatch):
+    """skip: a batch without a group with variance makes no update and does not count towards max_steps (one
+    process and DDP decide alike: on the global batch); rewards flat for ever end the stage with a clear error."""
+    calls: list[int] = []
+    monkeypatch.setattr(grpo_module, "score_completions", _scripted_scorer({1, 3}, calls))
+    cfg = _grpo_cfg(run_overrides, tmp_path, "data.batch_size=2", "grpo.num_generations=2",
+                    "grpo.dynamic_sampling=skip")  # fmt: skip
+    fit.fit(cfg)
+    assert len(calls) == 4  # batches 1 and 3 were flat: 2 updates took 4 rollout batches
+    ckpt = torch.load(fit.run_dir_of(cfg) / "stages" / "0-grpo" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+    monkeypatch.setattr(grpo_module, "score_completions", _scripted_scorer(set(range(1, 100)), []))
+    monkeypatch.setattr(grpo_module.GRPOModule, "max_idle_batches", 3)
+    flat = _grpo_cfg(run_overrides, tmp_path / "flat", "data.batch_size=2", "grpo.num_generations=2",
+                     "grpo.dynamic_sampling=resample", "grpo.max_generation_batches=2")  # fmt: skip
+    with pytest.raises(RuntimeError, match="no update in 3 consecutive rollout batches"):
+        fit.fit(flat)
