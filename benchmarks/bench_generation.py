@@ -4,7 +4,9 @@ GRPO needs G completions per prompt. ``generate_group`` runs the vision tower an
 per prompt and repeats the KV cache G times; the naive way (what TRL does without vLLM) puts G copies of
 every prompt, frames included, through ``model.generate``. Both run here in the same process on the same
 model (the tiny preset by default, LoRA attached), sampling at temperature 1 with the vision special tokens
-suppressed, and the ratio is printed. Repeats alternate the two methods; the median is reported.
+suppressed, and the ratio is printed (last line: ``ratio: N.NNx``, generate_group over plain generate). Also
+timed: generate_group with ``model.lean_decode`` off (one transformers forward per token: the decode loop before
+issue 16). Repeats alternate the three; medians are reported.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_generation.py            # G=8, 64 tokens, 4 frames
     .venv/bin/python benchmarks/bench_generation.py --pretrained /path/Qwen2.5-VL-3B-Instruct --device cuda
@@ -13,6 +15,7 @@ suppressed, and the ratio is printed. Repeats alternate the two methods; the med
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -59,7 +62,8 @@ def repeat_prompts(batch: dict, g: int) -> dict:
     return out
 
 
-def run_group(policy, samples, g: int, new_tokens: int) -> tuple[float, int]:
+def run_group(policy, samples, g: int, new_tokens: int, lean: bool = True) -> tuple[float, int]:
+    policy.cfg = dataclasses.replace(policy.cfg, lean_decode=lean)
     t = time.perf_counter()
     r = policy.generate_group(samples, num_generations=g, max_new_tokens=new_tokens, temperature=1.0)
     return time.perf_counter() - t, int(r.completion_mask.sum())
@@ -97,13 +101,18 @@ def main() -> None:
     samples = make_samples(args.prompts, args.frames, args.size)
     g, n = args.generations, args.new_tokens
     with torch.no_grad():
-        run_group(policy, samples, g, n), run_plain(policy, samples, g, n)  # warm-up (first use of each shape is slow)
-        group, plain = [], []
-        for _ in range(args.repeats):
-            t, k = run_group(policy, samples, g, n)
+        for lean in (True, False):  # warm-up (first use of each shape is slow)
+            run_group(policy, samples, g, n, lean)
+        run_plain(policy, samples, g, n)
+        group, hf_step, plain = [], [], []
+        for _ in range(args.repeats):  # the three alternate, so load drifts hit them alike
+            t, k = run_group(policy, samples, g, n, lean=True)
             group.append(k / t)
+            t, k = run_group(policy, samples, g, n, lean=False)
+            hf_step.append(k / t)
             t, k = run_plain(policy, samples, g, n)
             plain.append(k / t)
+    med = statistics.median
     res = {
         "device": args.device,
         "threads": torch.get_num_threads(),
@@ -113,11 +122,14 @@ def main() -> None:
         "new_tokens": n,
         "frames": args.frames,
         "frame_size": args.size,
-        "generate_group_tok_s": round(statistics.median(group), 1),
-        "plain_generate_tok_s": round(statistics.median(plain), 1),
-        "speedup": round(statistics.median(group) / statistics.median(plain), 2),
+        "generate_group_tok_s": round(med(group), 1),
+        "generate_group_hf_step_tok_s": round(med(hf_step), 1),
+        "plain_generate_tok_s": round(med(plain), 1),
+        "lean_vs_hf_step": round(med(group) / med(hf_step), 2),
+        "ratio": round(med(group) / med(plain), 2),
     }
     print(json.dumps(res))
+    print(f"ratio: {res['ratio']:.2f}x")  # generate_group (lean decode) vs plain model.generate on G copies
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ def test_the_shipped_base_is_a_small_bf16_hf_directory_that_the_tiny_experiments
 def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_path, caplog) -> None:
     """``model.geometry: depth`` in pretraining: the trained prior is exported beside the HF weights and loaded by a
     run with the same prior; a run without it is told that it leaves the prior unused; another width is refused."""
-    cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.vision_warmup_steps=0", "model.geometry=depth")
+    cfg = _cfg(
+        run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.vision_warmup_steps=0", "model.geometry=depth"
+    )
     fit.fit(cfg)
     hf = tmp_path / "pretrain_tiny" / "run" / "stages" / "0-pretrain" / fit.PRETRAINED_DIR
     trained = torch.load(hf.parent / "trainable.pt")

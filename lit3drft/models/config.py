@@ -63,6 +63,10 @@ class ModelConfig:
     """Freeze the geometry prior (encoder and merger)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    lean_decode: bool = True
+    """Sample and decode greedily with ``lit3drft.models.decode.LeanDecoder`` (preallocated KV cache, masks and
+    positions computed once; same modules and maths as transformers) where the model supports it; false: one
+    transformers forward per token."""
     dtype: Dtype = "auto"
     """Weights dtype: ``auto`` = bfloat16 on a CUDA GPU with bf16, float32 otherwise."""
     attn_implementation: str = "sdpa"

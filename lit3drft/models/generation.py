@@ -27,6 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from lit3drft.models.decode import LeanDecoder
+from lit3drft.models.decode import supports as supports_lean
+
 if TYPE_CHECKING:
     from lit3drft.data.sample import Sample
     from lit3drft.models.policy import Policy
@@ -150,11 +153,15 @@ def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new
     visual = {"mm_encoder_outputs": policy.encoder_outputs(feats)} if feats is not None else policy.visual_kwargs(batch)
     out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **visual)
     cache, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    prompt_mask = mask
+    lean = policy.cfg.lean_decode and max_new_tokens > 1 and supports_lean(hf)
     if repeats > 1:  # one prefill per prompt, shared by its G rows
-        cache.batch_repeat_interleave(repeats)
+        if not lean:
+            cache.batch_repeat_interleave(repeats)
         logits, mask, deltas = (x.repeat_interleave(repeats, dim=0) for x in (logits, mask, deltas))
     n = logits.shape[0]
     next_pos = mask.sum(1, keepdim=True) + deltas  # (N, 1): text position of the first completion token
+    decoder = LeanDecoder(hf, cache, prompt_mask, repeats, max_new_tokens, next_pos) if lean else None
     stop = torch.tensor(policy.stop_token_ids, device=ids.device)
     done = torch.zeros(n, dtype=torch.bool, device=ids.device)
     tokens, logps, masks = [], [], []
@@ -172,6 +179,9 @@ def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new
         done = done | torch.isin(tok, stop)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
+        if decoder is not None:
+            logits = decoder.step(tok, t)
+            continue
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         p = (next_pos + t).view(1, n, 1).expand(3, n, 1)
         out = hf(input_ids=tok[:, None], attention_mask=mask, position_ids=p, past_key_values=cache, use_cache=True)

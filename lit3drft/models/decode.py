@@ -1,0 +1,121 @@
+"""A lean single-token decode step for Qwen2.5-VL language models (issue 16).
+
+``transformers``' forward of one decode step spends most of a small model's time outside arithmetic: the
+dynamic cache grows by concatenation, the causal mask is rebuilt, multimodal positions are re-derived, and every
+module is dispatched through hooks and output wrappers. ``LeanDecoder`` runs the *same modules* (so LoRA layers,
+merged or not, and 4-bit layers work unchanged) with:
+- a **preallocated KV cache** of the rollout's final length (``prompt + max_new_tokens``), filled from the
+  prefill's cache once (repeated G times) and written in place;
+- the **key mask computed once** (prompt padding + generated positions) and sliced per step;
+- **text positions** only: a completion token has equal temporal/height/width mrope positions, so its rotary
+  angle is the text one at ``next_pos + t`` (``rope_deltas`` folded in by the caller).
+
+The maths is HF's own: its rotary module and ``apply_rotary_pos_emb``, RMSNorms, MLPs and projections; the
+attention of the single query is softmax(q k^T * scaling) v over the unmasked keys with grouped heads folded
+into the query axis (``_attend``: two small matmuls, cheaper on CPU than ``scaled_dot_product_attention`` with a
+mask over a strided cache; equal up to float rounding, tested against HF's step).
+``supports`` says when the lean step applies (else the caller keeps HF's forward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+LEAN_ATTENTION = {"Qwen2_5_VLAttention"}
+"""Attention classes whose decode step ``LeanDecoder`` reproduces (full attention, q/k/v bias, GQA, mrope).
+Qwen2-VL composes its rotary angles in the attention rather than in the rotary module: it keeps HF's forward."""
+
+
+def language_model(hf: Any) -> Any:
+    """The text decoder (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``) of a Qwen-VL model."""
+    return hf.model.language_model
+
+
+def supports(hf: Any) -> bool:
+    """True when every decoder layer is a full-attention Qwen2.5-VL layer (no sliding window)."""
+    try:
+        lm = language_model(hf)
+    except AttributeError:
+        return False
+    cfg = lm.config
+    if getattr(cfg, "use_sliding_window", False):
+        return False
+    return all(type(layer.self_attn).__name__ in LEAN_ATTENTION for layer in lm.layers)
+
+
+class LeanDecoder:
+    """Decode steps over a preallocated cache: ``step(tokens, t) -> logits`` of the next token, ``(N, V)``.
+
+    Args:
+        hf: the Qwen-VL model (``policy.hf_model``), in eval mode.
+        cache: the prefill's ``DynamicCache`` for the B prompts (``(B, kv_heads, P, head_dim)`` per layer).
+        prompt_mask: ``(B, P)`` attention mask of the prompts (left padding 0).
+        repeats: G rows per prompt (the cache is repeated, not recomputed).
+        max_new_tokens: the completion budget (the cache holds ``P + max_new_tokens`` positions).
+        next_pos: ``(N, 1)`` text position of each row's first completion token (``rope_deltas`` included).
+    """
+
+    def __init__(self, hf: Any, cache: Any, prompt_mask: Tensor, repeats: int, max_new_tokens: int,
+                 next_pos: Tensor) -> None:  # fmt: skip
+        lm = language_model(hf)
+        self.lm, self.lm_head = lm, hf.lm_head
+        first = cache.layers[0].keys
+        b, kv_heads, p, head_dim = first.shape
+        n, total = b * repeats, p + max_new_tokens
+        self.p, self.n = p, n
+        shape = (len(lm.layers), n, kv_heads, total, head_dim)
+        self.k = first.new_zeros(shape)
+        self.v = first.new_zeros(shape)
+        for i, layer in enumerate(cache.layers):
+            self.k[i, :, :, :p] = layer.keys.repeat_interleave(repeats, dim=0)
+            self.v[i, :, :, :p] = layer.values.repeat_interleave(repeats, dim=0)
+        mask = torch.ones(n, 1, 1, total, dtype=torch.bool, device=first.device)
+        mask[:, 0, 0, :p] = prompt_mask.repeat_interleave(repeats, dim=0).bool()
+        self.mask = mask
+        self.next_pos = next_pos.view(n)
+        self.scaling = [layer.self_attn.scaling for layer in lm.layers]
+        self.head_dim = head_dim
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, t: int) -> Tensor:
+        """Logits ``(N, V)`` after the completion token ``tokens`` ``(N,)`` at completion index ``t``."""
+        lm, n, at = self.lm, self.n, self.p + t
+        x = lm.embed_tokens(tokens[:, None])  # (N, 1, D)
+        pos = (self.next_pos + t).view(1, n, 1).expand(3, n, 1)
+        cos, sin = lm.rotary_emb(x, pos)
+        mask = self.mask[..., : at + 1]
+        for i, layer in enumerate(lm.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            q, k = _rotate(q, k, cos, sin)
+            self.k[i, :, :, at] = k[:, :, 0]
+            self.v[i, :, :, at] = v[:, :, 0]
+            out = _attend(q, self.k[i, :, :, : at + 1], self.v[i, :, :, : at + 1], mask, self.scaling[i])
+            x = x + attn.o_proj(out.reshape(n, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(lm.norm(x))[:, -1]
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """One query per row against its cache: ``q (N, H, 1, d)``, ``k, v (N, Hkv, L, d)``, ``mask (N, 1, 1, L)`` ->
+    ``(N, H, d)``. Softmax attention with grouped heads folded into the query axis (no repeated keys); the
+    masked keys get ``-inf`` as in ``scaled_dot_product_attention``."""
+    n, h, _, d = q.shape
+    g = h // k.shape[1]
+    scores = torch.matmul(q.view(n, k.shape[1], g, d), k.transpose(-1, -2)) * scale  # (N, Hkv, g, L)
+    scores = scores.masked_fill(~mask.view(n, 1, 1, -1), float("-inf"))
+    probs = scores.float().softmax(-1).to(v.dtype)
+    return torch.matmul(probs, v).view(n, h, d)
+
+
+def _rotate(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """HF's ``apply_rotary_pos_emb`` of the model's own module (same maths, imported lazily)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb(q, k, cos, sin)
