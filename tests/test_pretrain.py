@@ -128,3 +128,32 @@ def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_pa
     assert "leaves unused" in caplog.text
     with pytest.raises(ValueError, match="geometry_dim"):
         build_policy(replace_model(model, geometry_dim=model.geometry_dim * 2))
+
+
+def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides, tmp_path) -> None:
+    """``pretrain.answer_box_weight``: every token of a box's numbers is supervised with that box (not another
+    object's), from the hidden state before it, and the gradient reaches the language model."""
+    from lit3drft.algorithms.dense import answer_box_positions
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.answer_box_weight=1.0")
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 4)
+    batch = collate_perception([data[0], data[1]], policy)
+    labels = batch["inputs"]["labels"][0].tolist()
+    where = [j for j, t in enumerate(labels) if t != -100]
+    tokens = [policy.tokenizer.decode([labels[j]]) for j in where]
+    boxes = batch["targets"][0]["boxes"]
+    pairs = answer_box_positions(tokens, len(boxes))
+    for k, box in enumerate(boxes):  # the tokens of box k spell box k's numbers
+        text = "".join(tokens[i] for i, kk in pairs if kk == k)
+        assert all(f"{v:g}" in text for v in box[:3]), (k, text, box)
+    ce, losses = module._forward(batch)
+    assert torch.isfinite(losses["answer_box"]) and losses["answer_box"] > 0
+    module._total(ce * 0, {**losses, **{k: v * 0 for k, v in losses.items() if k != "answer_box"}}).backward()
+    llm = [p.grad for n, p in policy.named_parameters() if "language_model" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in llm)
+    plain = PretrainModule(pretrain_cfg=replace_model(cfg.pretrain, answer_box_weight=0.0), policy=policy,
+                           stage=cfg.stages[0], reward_cfg=cfg.reward, eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    assert "answer" not in plain.heads and "answer_box" not in plain._forward(batch)[1]

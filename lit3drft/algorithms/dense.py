@@ -99,3 +99,38 @@ def detection_probe(completions: list[str], targets: list[dict]) -> dict[str, fl
     n = max(1, len(completions))
     return {"miou": sum(ious) / n, "label_acc": sum(hits) / len(hits) if hits else 0.0,
             "centre_err": sum(errs) / len(errs) if errs else float("nan"), "parsed": parsed / n}  # fmt: skip
+
+
+BBOX_KEY = '"bbox_3d": ['
+"""What precedes the numbers of a box in a detection answer (``prompts.detection_answer``)."""
+
+
+def answer_box_positions(tokens: list[str], n_objects: int) -> list[tuple[int, int]]:
+    """``(i, k)`` pairs: token ``i`` of a detection answer belongs to the numbers of box ``k``.
+
+    ``tokens`` are the answer's tokens as decoded text, in order; box ``k`` spans from the end of its ``BBOX_KEY``
+    to the next ``]``. Only the first ``n_objects`` boxes are returned.
+
+    Example:
+        >>> answer_box_positions(['[{"label": "bed", ', '"bbox_3d": [', '1.', '5, 2', ']}]'], 1)
+        [(2, 0), (3, 0)]
+    """
+    text = "".join(tokens)
+    ends = [0]
+    for t in tokens:
+        ends.append(ends[-1] + len(t))
+    spans, at = [], 0
+    while len(spans) < n_objects and (start := text.find(BBOX_KEY, at)) >= 0:
+        begin = start + len(BBOX_KEY)
+        stop = text.find("]", begin)
+        stop = len(text) if stop < 0 else stop
+        spans.append((begin, stop))
+        at = stop
+    out = []
+    for i in range(len(tokens)):
+        lo, hi = ends[i], ends[i + 1]
+        for k, (begin, stop) in enumerate(spans):
+            if lo < stop and hi > begin:  # the token overlaps the numbers of box k
+                out.append((i, k))
+                break
+    return out

@@ -76,6 +76,11 @@ class PretrainConfig:
     """Weight of ``token_mean_ratio`` on the visual tokens: the part every token shares must stay small next to the
     content (0 turns it off). A stage also starts by folding the merger's output mean and scale into its last
     layer (``standardise_merger``) when the ratio is above 1."""
+    answer_box_weight: float = 0.0
+    """Weight of an L1 loss (``BOX_SCALE`` units) on the box (centre + size, first camera) of the object whose numbers
+    the answer is writing, read by a linear head off the language model's last hidden state at each of those
+    positions (the state that emits the next digit): a gradient from the answer straight to where the object is.
+    0: off (no head)."""
     inventory_share: float = 0.0
     """Share of training clips asked for an inventory (categories and counts, a short answer) instead of boxes."""
     vision_warmup_steps: int = 0

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit3drft.algorithms.dense import DenseHead, dense_losses, detection_probe, token_mean_ratio
+from lit3drft.algorithms.dense import (
+    BOX_SCALE,
+    DenseHead,
+    answer_box_positions,
+    dense_losses,
+    detection_probe,
+    token_mean_ratio,
+)
 from lit3drft.algorithms.sft import answer_only_cross_entropy
 from lit3drft.data.perception import NUM_CLASSES, PretrainConfig
 from lit3drft.modules.base import PolicyModule
@@ -32,6 +39,8 @@ class PretrainModule(PolicyModule):
         self.heads = torch.nn.ModuleDict(
             {"vision": DenseHead(width, NUM_CLASSES), "llm": DenseHead(width, NUM_CLASSES)}
         )
+        if pretrain_cfg.answer_box_weight > 0:  # only then: older checkpoints resume with the same heads
+            self.heads["answer"] = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 6))
         self.image_token_id = self.policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self._val: dict[str, list[tuple[float, int]]] = {}
         self.last_val: dict[str, float] = {}
@@ -56,10 +65,13 @@ class PretrainModule(PolicyModule):
         if vision_only:
             return vis.new_zeros(()), losses
         pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
+        answer_box = self.pcfg.answer_box_weight > 0
         out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                              use_cache=False, output_hidden_states=self.pcfg.dense_on_llm,
+                              use_cache=False, output_hidden_states=self.pcfg.dense_on_llm or answer_box,
                               mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
         ce = answer_only_cross_entropy(out.logits, b["labels"])
+        if answer_box:
+            losses["answer_box"] = self._answer_box_loss(out.hidden_states[-1], b["labels"], batch["targets"])
         if self.pcfg.dense_on_llm:
             hidden = out.hidden_states[-1][b["input_ids"] == self.image_token_id]  # (sum tokens, D)
             hidden = hidden.detach() if probe else hidden
@@ -67,10 +79,29 @@ class PretrainModule(PolicyModule):
             losses.update({f"llm_{k}": v for k, v in llm.items()})
         return ce, losses
 
+    def _answer_box_loss(self, hidden: Tensor, labels: Tensor, targets: list[dict]) -> Tensor:
+        """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens."""
+        tok = self.policy.tokenizer
+        rows, cols, boxes = [], [], []
+        for r, (row, target) in enumerate(zip(labels.tolist(), targets)):
+            where = [j for j, t in enumerate(row) if t != -100]
+            gt = target.get("boxes") or []
+            for i, k in answer_box_positions([tok.decode([row[j]]) for j in where], len(gt)):
+                rows.append(r)
+                cols.append(where[i] - 1)  # the state that predicts answer token where[i]
+                boxes.append(gt[k][:6])
+        if not rows:
+            return hidden.sum() * 0.0
+        pred = self.heads["answer"](hidden[rows, cols].float())
+        scale = BOX_SCALE.to(pred.device)
+        return (pred / scale - torch.tensor(boxes, device=pred.device) / scale).abs().mean()
+
     def _total(self, ce: Tensor, losses: dict[str, Tensor]) -> Tensor:
         center = losses["vision_center"] * (self.pcfg.center_weight if self.pcfg.dense_weight else 0.0)
-        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")))
-        return self.pcfg.answer_weight * ce + (self.pcfg.dense_weight or 1.0) * dense  # 0: probes on detached tokens
+        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")) and k != "answer_box")
+        answer_box = self.pcfg.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
+        # dense_weight 0: the heads are probes on detached tokens, trained at weight 1
+        return self.pcfg.answer_weight * ce + (self.pcfg.dense_weight or 1.0) * dense + answer_box
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ce, losses = self._forward(batch, vision_only=self.global_step < self.pcfg.vision_warmup_steps)

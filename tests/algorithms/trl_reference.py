@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections import defaultdict
 from types import SimpleNamespace
 
-import pytest
 import torch
 from torch import Tensor
 
-trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+try:  # TRL is a dev dependency (pyproject: dev): the cross-check fails rather than skips without it
+    from trl.trainer import grpo_trainer as trl_grpo
+except ImportError as err:
+    raise ImportError(f"the TRL cross-check needs trl (pip install -e '.[dev]'): {err}") from err
 GRPOTrainer = trl_grpo.GRPOTrainer
 
 

@@ -3,12 +3,8 @@
 import pytest
 
 from lit3drft.data.readers import load_sample, read_records
-
-try:
-    from lit3drft.rewards import score_completions
-    from lit3drft.rewards.config import RewardConfig
-except ImportError:  # the reward library is built in parallel; only a missing module skips
-    pytest.skip("lit3drft.rewards.score_completions is not available yet", allow_module_level=True)
+from lit3drft.rewards import score_completions
+from lit3drft.rewards.config import RewardConfig
 
 FILES = {
     "detection_4f": ("detection", "vgllm"),
