@@ -136,3 +136,31 @@ def test_a_stage_marker_is_never_left_half_written(tmp_path, monkeypatch) -> Non
     monkeypatch.undo()
     fit.save_atomic({"w": torch.ones(1)}, tmp_path / "trainable.pt")
     assert torch.load(tmp_path / "trainable.pt")["w"].item() == 1.0
+
+
+def test_trainable_parts_train_in_train_mode_and_frozen_parts_stay_in_eval(run_overrides, tmp_path, monkeypatch):
+    """HF loads checkpoints in eval mode and Lightning keeps modes: without ``Policy.train`` a run trained in eval
+    mode, where activation checkpointing never acts. Checked at the first step of an SFT and a GRPO stage."""
+    seen: list[dict] = []
+
+    class _Modes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+            if trainer.global_step == 0:
+                policy = pl_module.policy
+                layers = [m for n, m in policy.named_modules() if n.endswith("language_model.layers.0")]
+                visual = [m for n, m in policy.named_modules() if n.endswith("model.visual")]
+                seen.append({"layer": layers[0].training, "checkpointing": layers[0].gradient_checkpointing,
+                             "visual": visual[0].training})  # fmt: skip
+
+    build = fit.build_trainer
+
+    def recording(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.append(_Modes())
+        return trainer
+
+    monkeypatch.setattr(fit, "build_trainer", recording)
+    cfg = _cfg(run_overrides, tmp_path, "model.gradient_checkpointing=true", "eval.splits=[]",
+               "stages=[{kind: sft, max_steps: 1}, {kind: grpo, max_steps: 1}]")  # fmt: skip
+    fit.fit(cfg)
+    assert seen == [{"layer": True, "checkpointing": True, "visual": False}] * 2

@@ -68,6 +68,21 @@ class Policy(nn.Module):
         vocab = tok.get_vocab()
         self.suppressed_token_ids = sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
 
+    # ------------------------------------------------------------------ train / eval
+    def train(self, mode: bool = True) -> Policy:
+        """``nn.Module.train``, except that frozen parts (every module whose parameters are all frozen: the vision
+        tower and merger when frozen, peft's base layers, the reference copy) stay in eval mode.
+
+        Hugging Face's ``from_pretrained`` returns a model in eval mode and Lightning keeps the modes it finds, so
+        without this a whole run trained in eval mode, where transformers' activation checkpointing is off
+        (``model.gradient_checkpointing`` then saved no memory).
+        """
+        super().train(mode)
+        if mode:
+            for module in frozen_modules(self):
+                module.eval()
+        return self
+
     # ------------------------------------------------------------------ model access
     @property
     def reuses_visual_features(self) -> bool:
@@ -393,3 +408,21 @@ class Policy(nn.Module):
         set_peft_model_state_dict(self.model, load_file(str(Path(path) / "adapter_model.safetensors")))
         if self.geometry is not None and (Path(path) / "geometry_prior.pt").exists():
             self.geometry.load_state_dict(torch.load(Path(path) / "geometry_prior.pt", map_location="cpu"))
+
+
+def frozen_modules(root: nn.Module) -> list[nn.Module]:
+    """The outermost submodules of ``root`` that hold parameters, none of them trainable (their children
+    included): what stays in eval mode while ``root`` trains."""
+    out: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for child in root.children():
+        visit(child)
+    return out

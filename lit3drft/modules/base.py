@@ -81,6 +81,14 @@ class PolicyModule(L.LightningModule):
                     self.global_step, self.skipped_steps)  # fmt: skip
         self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
 
+    def on_fit_start(self) -> None:
+        """Train mode for the trainable parts before Lightning's loop starts (``Policy.train`` keeps the frozen ones
+        in eval mode; a checkpoint loads in eval mode, and Lightning does not switch modes by itself)."""
+        self.train()
+        stray = [n for n, m in self.named_modules() if not m.training and any(p.requires_grad for p in m.parameters())]
+        if stray:
+            log.warning("modules with trainable parameters in eval mode at the start of training: %s", stray[:5])
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
 
