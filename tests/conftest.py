@@ -50,3 +50,22 @@ def run_overrides(bench, tmp_path_factory) -> list[str]:
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
+
+
+@pytest.fixture
+def extra_callbacks(monkeypatch):
+    """``extra_callbacks(*callbacks)``: every Trainer that ``fit.build_trainer`` makes from then on also gets these
+    callbacks (a later call replaces the earlier ones)."""
+    from lit3drft import fit
+
+    build = fit.build_trainer
+
+    def use(*callbacks) -> None:
+        def building(*args, **kwargs):
+            trainer = build(*args, **kwargs)
+            trainer.callbacks.extend(callbacks)
+            return trainer
+
+        monkeypatch.setattr(fit, "build_trainer", building)
+
+    return use

@@ -58,16 +58,9 @@ class _Crash(L.Callback):
             raise RuntimeError("simulated crash after step 3")
 
 
-def test_resume_continues_at_the_last_checkpoint(run_overrides, tmp_path, monkeypatch) -> None:
+def test_resume_continues_at_the_last_checkpoint(run_overrides, tmp_path, extra_callbacks) -> None:
     cfg = _cfg(run_overrides, tmp_path, "stages=[{kind: sft, max_steps: 4}]", "trainer.checkpoint_every_n_steps=2")
-    build = fit.build_trainer
-
-    def crashing(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(_Crash())
-        return trainer
-
-    monkeypatch.setattr(fit, "build_trainer", crashing)
+    extra_callbacks(_Crash())
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit.fit(cfg)
     run = tmp_path / "sft_tiny" / "run"
@@ -76,7 +69,6 @@ def test_resume_continues_at_the_last_checkpoint(run_overrides, tmp_path, monkey
     assert not (run / "metrics.json").exists()
     with pytest.raises(SystemExit, match="--resume"):
         fit.fit(cfg)  # an unfinished run is never silently restarted
-    monkeypatch.setattr(fit, "build_trainer", build)
 
     seen: list[int] = []
 
@@ -84,12 +76,7 @@ def test_resume_continues_at_the_last_checkpoint(run_overrides, tmp_path, monkey
         def on_train_batch_start(self, trainer, *args) -> None:
             seen.append(trainer.global_step)
 
-    def recording(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(_Steps())
-        return trainer
-
-    monkeypatch.setattr(fit, "build_trainer", recording)
+    extra_callbacks(_Steps())
     fit.fit(cfg, resume=True)
     assert seen == [2, 3]  # continued from step 2, not from 0
     assert torch.load(last, weights_only=False)["global_step"] == 4
@@ -138,7 +125,7 @@ def test_a_stage_marker_is_never_left_half_written(tmp_path, monkeypatch) -> Non
     assert torch.load(tmp_path / "trainable.pt")["w"].item() == 1.0
 
 
-def test_trainable_parts_train_in_train_mode_and_frozen_parts_stay_in_eval(run_overrides, tmp_path, monkeypatch):
+def test_trainable_parts_train_in_train_mode_and_frozen_parts_stay_in_eval(run_overrides, tmp_path, extra_callbacks):
     """HF loads checkpoints in eval mode and Lightning keeps modes: without ``Policy.train`` a run trained in eval
     mode, where activation checkpointing never acts. Checked at the first step of an SFT and a GRPO stage."""
     seen: list[dict] = []
@@ -152,14 +139,7 @@ def test_trainable_parts_train_in_train_mode_and_frozen_parts_stay_in_eval(run_o
                 seen.append({"layer": layers[0].training, "checkpointing": layers[0].gradient_checkpointing,
                              "visual": visual[0].training})  # fmt: skip
 
-    build = fit.build_trainer
-
-    def recording(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(_Modes())
-        return trainer
-
-    monkeypatch.setattr(fit, "build_trainer", recording)
+    extra_callbacks(_Modes())
     cfg = _cfg(run_overrides, tmp_path, "model.gradient_checkpointing=true", "eval.splits=[]",
                "stages=[{kind: sft, max_steps: 1}, {kind: grpo, max_steps: 1}]")  # fmt: skip
     fit.fit(cfg)

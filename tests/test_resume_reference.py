@@ -46,21 +46,14 @@ def _logits(policy, batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("finetune", ["lora", "qlora", "full"])
-def test_reference_after_kill_and_resume_inside_grpo_is_the_sft_policy(run_overrides, tmp_path, monkeypatch,
+def test_reference_after_kill_and_resume_inside_grpo_is_the_sft_policy(run_overrides, tmp_path, extra_callbacks,
                                                                        finetune) -> None:  # fmt: skip
     cfg = load_config(ROOT / "experiments" / "sft_tiny.yaml", [
         *run_overrides, f"output_dir={tmp_path}", f"model.finetune={finetune}", "grpo.beta=0.04",
         "stages=[{kind: sft, max_steps: 3, lr: 2.0e-2}, {kind: grpo, max_steps: 4, lr: 1.0e-2}]",
         "trainer.checkpoint_every_n_steps=1", "eval.splits=[]",
     ])  # fmt: skip
-    build = fit.build_trainer
-
-    def crashing(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(_Crash())
-        return trainer
-
-    monkeypatch.setattr(fit, "build_trainer", crashing)
+    extra_callbacks(_Crash())
     with pytest.raises(RuntimeError, match="simulated kill"):
         fit.fit(cfg)
     run = tmp_path / "sft_tiny" / "run"
@@ -76,13 +69,7 @@ def test_reference_after_kill_and_resume_inside_grpo_is_the_sft_policy(run_overr
     assert not torch.allclose(sft_logits, untuned, atol=1e-4), "the SFT stage must have changed the policy"
 
     probe = _ReferenceProbe(batch)
-
-    def probing(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.callbacks.append(probe)
-        return trainer
-
-    monkeypatch.setattr(fit, "build_trainer", probing)
+    extra_callbacks(probe)
     fit.fit(cfg, resume=True)
     assert probe.seen["step"] == 2  # resumed inside the GRPO stage, not restarted
     assert torch.allclose(probe.seen["reference"], sft_logits, atol=1e-5)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 LEAN_ATTENTION = {"Qwen2_5_VLAttention"}
 """Attention classes whose decode step ``LeanDecoder`` reproduces (full attention, q/k/v bias, GQA, mrope).
@@ -93,7 +94,7 @@ class LeanDecoder:
             q = attn.q_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
             k = attn.k_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
             v = attn.v_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
-            q, k = _rotate(q, k, cos, sin)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.k[i, :, :, at] = k[:, :, 0]
             self.v[i, :, :, at] = v[:, :, 0]
             out = _attend(q, self.k[i, :, :, : at + 1], self.v[i, :, :, : at + 1], mask, self.scaling[i])
@@ -112,10 +113,3 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tens
     scores = scores.masked_fill(~mask.view(n, 1, 1, -1), float("-inf"))
     probs = scores.float().softmax(-1).to(v.dtype)
     return torch.matmul(probs, v).view(n, h, d)
-
-
-def _rotate(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """HF's ``apply_rotary_pos_emb`` of the model's own module (same maths, imported lazily)."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
-    return apply_rotary_pos_emb(q, k, cos, sin)
