@@ -157,3 +157,14 @@ def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides,
     plain = PretrainModule(pretrain_cfg=replace_model(cfg.pretrain, answer_box_weight=0.0), policy=policy,
                            stage=cfg.stages[0], reward_cfg=cfg.reward, eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
     assert "answer" not in plain.heads and "answer_box" not in plain._forward(batch)[1]
+
+
+def test_box2d_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
+    """``pretrain.box2d_share``: 2D grounding batches go through the training step and validation logs the
+    held-out clips' 2D figures."""
+    cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.box2d_share=0.5",
+               "trainer.val_every_n_steps=2", "data.batch_size=2")  # fmt: skip
+    payload = fit.fit(cfg)
+    for key in ("val/box2d/miou", "val/box2d/label_acc", "val/box2d/parsed", "val/box2d/swap_gap", "val/miou"):
+        assert key in payload["metrics"], key
+    assert 0 <= payload["metrics"]["val/box2d/miou"] <= 1

@@ -101,6 +101,47 @@ def detection_probe(completions: list[str], targets: list[dict]) -> dict[str, fl
             "centre_err": sum(errs) / len(errs) if errs else float("nan"), "parsed": parsed / n}  # fmt: skip
 
 
+def box2d_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU ``(N, M)`` of ``(N, 4)`` and ``(M, 4)`` boxes ``[x1, y1, x2, y2]`` (a box with ``x2 < x1`` is empty).
+
+    Example:
+        >>> box2d_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 0, 3, 2], [5.0, 5, 6, 6]])).tolist()
+        [[0.3333333432674408, 0.0]]
+    """
+    a, b = a.float(), b.float()
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
+    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
+    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(-1)
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
+
+
+def box2d_probe(completions: list[str], targets: list[dict]) -> dict[str, float]:
+    """``detection_probe``'s ``miou``, ``label_acc`` and ``parsed`` for 2D answers (``"bbox_2d"``, targets'
+    ``boxes2d``); labels are compared with the best-overlapping ground-truth box's.
+
+    Example:
+        >>> t = [{"boxes2d": [[0, 0, 10, 10]], "labels": ["bed"]}]
+        >>> box2d_probe(['<answer>[{"label": "bed", "bbox_2d": [0, 0, 10, 5]}]</answer>', "x"], t * 2)
+        {'miou': 0.25, 'label_acc': 1.0, 'parsed': 0.5}
+    """
+    ious, hits, parsed = [], [], 0
+    for text, target in zip(completions, targets):
+        gt = torch.tensor(target.get("boxes2d") or [], dtype=torch.float32).reshape(-1, 4)
+        pred = parse_detections(extract_answer(text), key="bbox_2d", size=4)
+        parsed += pred is not None
+        if not pred or not len(gt):
+            ious.append(1.0 if pred is not None and not pred and not len(gt) else 0.0)
+            continue
+        iou = box2d_iou(torch.tensor([b for _, b in pred]), gt)
+        ious.append(float(iou.amax(1).mean()))
+        best = iou.argmax(1).tolist()
+        hits += [label == str(target["labels"][j]).strip().lower() for (label, _), j in zip(pred, best)]
+    n = max(1, len(completions))
+    return {"miou": sum(ious) / n, "label_acc": sum(hits) / len(hits) if hits else 0.0, "parsed": parsed / n}
+
+
 BBOX_KEY = '"bbox_3d": ['
 """What precedes the numbers of a box in a detection answer (``prompts.detection_answer``)."""
 

@@ -18,6 +18,7 @@ one that has to pass through the digits of a JSON answer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -83,6 +84,11 @@ class PretrainConfig:
     0: off (no head)."""
     inventory_share: float = 0.0
     """Share of training clips asked for an inventory (categories and counts, a short answer) instead of boxes."""
+    box2d_share: float = 0.0
+    """Share of training clips asked for Qwen2.5-VL's 2D grounding of the first frame instead (``"bbox_2d"``, pixel
+    corners, ``BOX2D_PROMPT``): where each object is on the image, which the visual tokens' grid tells directly.
+    Above 0, validation also scores the held-out clips' 2D answers (``val/box2d/*``). With ``inventory_share``
+    it must sum to at most 1."""
     vision_warmup_steps: int = 0
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
@@ -151,6 +157,48 @@ def inventory_answer(labels: list[str]) -> str:
     return ", ".join(f"{lab} x{n}" for lab, n in counts.items()) or "none"
 
 
+BOX2D_PROMPT = (
+    "Locate every object in the first frame. Output a json list where each entry contains the object name in "
+    '"label" and its 2D bounding box in "bbox_2d" as [x1, y1, x2, y2] in pixels.'
+)
+"""Qwen2.5-VL's own 2D grounding format (absolute pixel corners), on the first frame of a detection clip."""
+
+
+def frame_boxes_2d(inst: np.ndarray, n: int, min_pixels: int) -> list[tuple[int, list[int]]]:
+    """``(object index, [x1, y1, x2, y2])`` of every object with at least ``min_pixels`` pixels in the instance map
+    ``inst`` (ids as ``token_targets``; corners in pixels, ``x2``/``y2`` exclusive), left to right (then top down).
+
+    Example:
+        >>> inst = np.zeros((8, 8), np.uint8); inst[2:4, 5:8] = 1; inst[0:6, 1:3] = 2
+        >>> frame_boxes_2d(inst, 2, 4)
+        [(1, [1, 0, 3, 6]), (0, [5, 2, 8, 4])]
+    """
+    out = []
+    for k in range(n):
+        ys, xs = np.nonzero(inst == k + 1)
+        if len(xs) >= min_pixels:
+            out.append((k, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]))
+    return sorted(out, key=lambda kb: (kb[1][0], kb[1][1], kb[0]))
+
+
+def box2d_answer(boxes: list[list[int]], labels: list[str]) -> str:
+    """JSON list ``[{"label": .., "bbox_2d": [x1, y1, x2, y2]}]``.
+
+    Example:
+        >>> box2d_answer([[1, 2, 30, 40]], ["bed"])
+        '[{"label": "bed", "bbox_2d": [1, 2, 30, 40]}]'
+    """
+    return json.dumps([{"label": lab, "bbox_2d": [int(v) for v in b]} for b, lab in zip(boxes, labels)])
+
+
+def box2d_sample(sample: Sample) -> Sample:
+    """The 2D grounding question on ``sample``'s clip (its first frame), answer and target from ``meta["box2d"]``."""
+    boxes, labels = sample.meta["box2d"]["boxes"], sample.meta["box2d"]["labels"]
+    return replace(sample, prompt=P.full_prompt(BOX2D_PROMPT, sample.mode),
+                   answer=P.format_answer(box2d_answer(boxes, labels), sample.mode),
+                   target={"task": "box2d", "mode": sample.mode, "boxes2d": boxes, "labels": labels})  # fmt: skip
+
+
 class PerceptionDataset(Dataset):
     """Detection clips of rooms rendered on the fly: item ``i`` is a ``(Sample, dense targets)`` pair, the same
     bytes for the same ``(seed, i)`` in any process."""
@@ -189,16 +237,21 @@ class PerceptionDataset(Dataset):
             own6 = np.array([world_box_to_camera(o.box, scene.cam2world[f])[:6] for o in scene.objects]).reshape(n, 6)
             per_frame.append(token_targets(inst, depth, own6, first6, classes))
         dense = {k: torch.from_numpy(np.concatenate([t[k] for t in per_frame])) for k in per_frame[0]}
-        inventory = self.training and rng.random() < c.inventory_share
+        u = rng.random() if self.training else 1.0  # one draw: streams without box2d are those of before
+        inventory = u < c.inventory_share
+        in_first = frame_boxes_2d(insts[0], n, gen.min_visible_pixels)
+        box2d = {"boxes": [b for _, b in in_first], "labels": [scene.objects[k].category for k, _ in in_first]}
         sample = Sample(
             id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
             prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
             answer=P.format_answer(inventory_answer(labels) if inventory else P.detection_answer(boxes, labels),
                                    self.mode),  # fmt: skip
             target={"task": "detection", "mode": self.mode, "boxes": boxes, "labels": labels},
-            mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level},
+            mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level, "box2d": box2d},
             depth=[r[1] for r in rendered], intrinsics=scene.intrinsics,  # for model.geometry: depth
         )  # fmt: skip
+        if c.inventory_share <= u < c.inventory_share + c.box2d_share:
+            sample = box2d_sample(sample)
         return sample, dense
 
 
@@ -222,6 +275,9 @@ class PerceptionDataModule(L.LightningDataModule):
         if cfg.seed == synth.seed or cfg.seed + 1 == synth.seed:
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
+        if not (0 <= cfg.inventory_share and 0 <= cfg.box2d_share and cfg.inventory_share + cfg.box2d_share <= 1):
+            raise ValueError(f"pretrain.inventory_share={cfg.inventory_share}, pretrain.box2d_share={cfg.box2d_share}: "
+                             "each in [0, 1], summing to at most 1")  # fmt: skip
         bad = [lv for lv in [*cfg.levels, cfg.val_level or synth.level] if lv not in LEVELS]
         if bad or not cfg.levels:
             raise ValueError(f"pretrain.levels={cfg.levels}, pretrain.val_level={cfg.val_level}: valid levels are "

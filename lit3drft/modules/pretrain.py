@@ -20,12 +20,13 @@ from lit3drft.algorithms.dense import (
     BOX_SCALE,
     DenseHead,
     answer_box_positions,
+    box2d_probe,
     dense_losses,
     detection_probe,
     token_mean_ratio,
 )
 from lit3drft.algorithms.sft import answer_only_cross_entropy
-from lit3drft.data.perception import NUM_CLASSES, PretrainConfig
+from lit3drft.data.perception import NUM_CLASSES, PretrainConfig, box2d_sample
 from lit3drft.modules.base import PolicyModule
 
 
@@ -147,10 +148,19 @@ class PretrainModule(PolicyModule):
         ce_swap = answer_only_cross_entropy(self.policy(self.policy.collate(swapped, with_answer=True)).logits,
                                             self.policy.to_device(batch["inputs"])["labels"])  # fmt: skip
         completions = self.policy.generate(samples, max_new_tokens=self.eval_cfg.max_new_tokens)
+        row = {}
+        if self.pcfg.box2d_share > 0:  # the same clips asked for the first frame's 2D boxes
+            flat = [box2d_sample(s) for s in samples]
+            labels = self.policy.to_device(self.policy.collate(flat, with_answer=True))["labels"]
+            ce2 = [answer_only_cross_entropy(self.policy(self.policy.collate(x, with_answer=True)).logits, labels)
+                   for x in (flat, [replace(s, frames=flat[(i + 1) % len(flat)].frames) for i, s in enumerate(flat)])]  # fmt: skip
+            row["box2d/swap_gap"] = (ce2[1] - ce2[0]).item()
+            out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
+            row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
-        row = {"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
-               **{f"dense/{k}": v.item() for k, v in losses.items()}, **detection_probe(completions, targets)}  # fmt: skip
+        row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
+                    **{f"dense/{k}": v.item() for k, v in losses.items()}, **detection_probe(completions, targets)})  # fmt: skip
         for k, v in row.items():
             self._val.setdefault(k, []).append((v, len(samples)))
 

@@ -143,21 +143,24 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _box(value: Any) -> list[float] | None:
-    """9 finite numbers (bools excluded), else ``None``."""
-    if not isinstance(value, (list, tuple)) or len(value) != 9:
+def _box(value: Any, size: int = 9) -> list[float] | None:
+    """``size`` finite numbers (bools excluded), else ``None``."""
+    if not isinstance(value, (list, tuple)) or len(value) != size:
         return None
     box = [_finite(v) for v in value]
     return None if None in box else box
 
 
-def parse_detections(text: str | None) -> list[tuple[str, list[float]]] | None:
+def parse_detections(text: str | None, key: str = "bbox_3d", size: int = 9) -> list[tuple[str, list[float]]] | None:
     """Detection answer -> ``[(label, 9 floats), ...]``; ``None`` when it is not a list of valid entries
-    (or has more than ``MAX_DETECTIONS`` of them).
+    (or has more than ``MAX_DETECTIONS`` of them). ``key``/``size``: another box field, such as Qwen2.5-VL's 2D
+    ``"bbox_2d"`` of 4 pixel coordinates.
 
     Example:
         >>> parse_detections('[{"label": "chair", "bbox_3d": [0, 0, 1, 1, 1, 1, 0, 0, 0]}]')
         [('chair', [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])]
+        >>> parse_detections('[{"label": "bed", "bbox_2d": [1, 2, 30, 40]}]', key="bbox_2d", size=4)
+        [('bed', [1.0, 2.0, 30.0, 40.0])]
     """
     value = parse_json(text)
     if isinstance(value, dict):
@@ -168,7 +171,7 @@ def parse_detections(text: str | None) -> list[tuple[str, list[float]]] | None:
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("label"), str):
             return None
-        box = _box(item.get("bbox_3d"))
+        box = _box(item.get(key), size)
         if box is None:
             return None
         out.append((item["label"].strip().lower(), box))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lit3drft.algorithms.dense import BOX_SCALE, DenseHead, dense_losses, detection_probe
+from lit3drft.algorithms.dense import BOX_SCALE, DenseHead, box2d_probe, dense_losses, detection_probe
 
 
 def test_dense_losses_equal_their_formulas() -> None:
@@ -87,3 +87,37 @@ BED = [[0, 0, 2, 1, 1, 1, 0, 0, 0]]
 def test_detection_probe_empty_cases(text, gt, want) -> None:
     """An empty answer for an empty clip is right; an unparseable one is always wrong."""
     assert detection_probe([text], [{"boxes": gt, "labels": ["bed"] * len(gt)}])["miou"] == want
+
+
+def _iou_2d(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union
+
+
+def test_box2d_probe_equals_a_brute_force() -> None:
+    g = torch.Generator().manual_seed(3)
+    labels = ["chair", "table", "bed"]
+    completions, targets, want, hits = [], [], [], []
+    for _ in range(5):
+        gt = []
+        for _ in range(3):
+            x, y = (torch.rand(2, generator=g) * 80).tolist()
+            gt.append([int(x), int(y), int(x) + 5 + int(torch.randint(30, (1,), generator=g)), int(y) + 20])
+        gt_labels = [labels[int(torch.randint(3, (1,), generator=g))] for _ in gt]
+        pred = [[v + int(torch.randint(-4, 5, (1,), generator=g)) for v in b] for b in gt[:2]]
+        pred_labels = [labels[int(torch.randint(3, (1,), generator=g))] for _ in pred]
+        body = ", ".join(f'{{"label": "{lab}", "bbox_2d": {b}}}' for lab, b in zip(pred_labels, pred))
+        completions.append(f"<answer>[{body}]</answer>")
+        targets.append({"boxes2d": gt, "labels": gt_labels})
+        want.append(sum(max(_iou_2d(p, q) for q in gt) for p in pred) / len(pred))
+        for p, lab in zip(pred, pred_labels):
+            ious = [_iou_2d(p, q) for q in gt]
+            hits.append(lab == gt_labels[ious.index(max(ious))])
+    completions.append('<answer>[{"label": "bed", "bbox_2d": [1, 2, 3]}]</answer>')  # 3 numbers: unparsed
+    targets.append(targets[0])
+    got = box2d_probe(completions, targets)
+    assert got["miou"] == pytest.approx(sum(want) / 6, abs=1e-6)
+    assert got["label_acc"] == pytest.approx(sum(hits) / len(hits))
+    assert got["parsed"] == pytest.approx(5 / 6)

@@ -75,3 +75,44 @@ def test_detection_answers_list_objects_left_to_right(bench) -> None:
     s, _ = PerceptionDataset(PretrainConfig(), SynthConfig(), seed=5, length=3)[1]
     x = [b[0] for b in s.target["boxes"]]
     assert len(x) > 1 and x == sorted(x)
+
+
+def test_box2d_questions_ask_for_the_first_frames_pixel_boxes_of_the_same_clip() -> None:
+    """``pretrain.box2d_share``: a share of the stream is asked Qwen2.5-VL's 2D grounding of the first frame; the
+    rest of the stream, frames and dense targets are those of the stream without it."""
+    from lit3drft.data.perception import BOX2D_PROMPT
+
+    plain = PerceptionDataset(PretrainConfig(), SynthConfig(), seed=21, length=40)
+    mixed = PerceptionDataset(PretrainConfig(box2d_share=0.5), SynthConfig(), seed=21, length=40)
+    asked = 0
+    for i in range(40):
+        (a, da), (b, db) = plain[i], mixed[i]
+        assert [f.tobytes() for f in a.frames] == [f.tobytes() for f in b.frames]
+        assert all(torch.equal(da[k], db[k]) for k in da)
+        if b.target["task"] == "detection":
+            assert b.answer == a.answer
+            continue
+        asked += 1
+        assert BOX2D_PROMPT in b.prompt and ('"bbox_2d"' in b.answer or b.answer == "<answer>[]</answer>")
+        boxes, labels = b.target["boxes2d"], b.target["labels"]
+        assert json.loads(b.answer.removeprefix("<answer>").removesuffix("</answer>")) == [
+            {"label": lab, "bbox_2d": box} for box, lab in zip(boxes, labels)
+        ]
+        assert [x[0] for x in boxes] == sorted(x[0] for x in boxes)
+        assert set(labels) <= set(a.target["labels"])  # objects of the first frame are among the clip's
+        # every first-frame cell that an object covers a quarter of overlaps a 2D box of its category that much
+        side = 112 // CELL
+        for t in torch.nonzero(da["has_obj"][: side * side])[:, 0].tolist():
+            name = CATEGORY_NAMES[int(da["cls"][t, 1:].argmax())]
+            cx, cy = (t % side) * CELL, (t // side) * CELL
+            overlap = [max(0, min(x2, cx + CELL) - max(x1, cx)) * max(0, min(y2, cy + CELL) - max(y1, cy))
+                       for (x1, y1, x2, y2), lab in zip(boxes, labels) if lab == name]  # fmt: skip
+            assert max(overlap, default=0) >= CELL * CELL // 4, (i, t, name)
+    assert 10 <= asked <= 30
+
+
+def test_task_shares_that_do_not_fit_are_refused() -> None:
+    from lit3drft.data.perception import PerceptionDataModule
+
+    with pytest.raises(ValueError, match=r"inventory_share=0.6, pretrain.box2d_share=0.5"):
+        PerceptionDataModule(PretrainConfig(inventory_share=0.6, box2d_share=0.5), SynthConfig(), 2, 2, list)
