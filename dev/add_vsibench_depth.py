@@ -1,6 +1,6 @@
 """One-off upgrade of an embedded benchmark rendered before VSI-Bench rows carried depth (2026-11-26).
 
-Adds ``depth_dir`` and ``cam2img`` (see ``lit3drft.data.readers.vsibench_record``) to every row of
+Adds ``depth_dir`` and ``cam2img`` (see ``lit3drft.data.vsibench.vsibench_record``) to every row of
 ``<root>/tasks/*/vsibench.jsonl`` from the scene's ``scene.json``, exactly as ``lit3drft.data.tasks`` now writes
 them, and replaces each file atomically. Re-rendering gives the same files (checked on two scenes):
 

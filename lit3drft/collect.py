@@ -53,9 +53,10 @@ def load_runs(
 
 
 def split_columns(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """``(swept keys, metric columns)``: metrics are the ``val/...`` and ``test/...`` columns."""
+    """``(swept keys, metric columns)``: metrics are the ``val/...`` and ``test/...`` columns; the run's name, wall
+    time, commit, device and where its shared stages came from (``shared_*``) are neither."""
     metrics = [c for c in runs.columns if c.startswith(("val/", "test/"))]
-    keys = [c for c in runs.columns if c not in metrics and c not in META_COLUMNS]
+    keys = [c for c in runs.columns if c not in metrics and c not in META_COLUMNS and not c.startswith("shared_")]
     return keys, metrics
 
 

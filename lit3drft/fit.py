@@ -58,6 +58,18 @@ def stage_name(index: int, stage: StageConfig) -> str:
     return f"{index}-{stage.name or stage.kind}"
 
 
+def stage_seed(seed: int, index: int) -> int:
+    """The global seed stage ``index > 0`` starts from (stage 0 starts from ``seed`` itself, before the policy is
+    built): the same whether the stages before it ran in this process, were loaded from disk after a kill, or were
+    run once for several runs of a grid (``lit3drft.sweep``'s shared prefixes).
+
+    Example:
+        >>> stage_seed(0, 1), stage_seed(2, 1)
+        (7919, 7921)
+    """
+    return (seed + 7919 * index) % 2**32
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file renamed into place: ``trainable.pt`` marks a finished stage, so a kill
     during the write must leave no file rather than a truncated one (which every resume then failed to load)."""
@@ -211,6 +223,8 @@ def run_stages(cfg: RunConfig, policy: Any, run_dir: Path, resume: bool) -> tupl
     last module and, with ``eval.after_stages``, the test metrics of the earlier stages (``<stage>/test/...``)."""
     module, tested = None, {}
     for i, stage in enumerate(cfg.stages):
+        if i > 0:  # a stage's randomness does not depend on what the stages before it drew (or on a kill between)
+            L.seed_everything(stage_seed(cfg.seed, i), workers=True, verbose=False)
         name = stage_name(i, stage)
         stage_dir = run_dir / "stages" / name
         done = stage_dir / STAGE_DONE

@@ -16,6 +16,10 @@ variant group*: a name that is not a config key, mapping variant names to overri
       seed: [0, 1, 2]
 
 ``key=value`` overrides that pin swept keys (``strategy=sft_rl seed=1``) select part of the grid.
+
+Runs whose first stages are the same (``lit3drft.shared_stages``: the SFT stage of SFT, SFT -> SFT and SFT -> RL
+of one seed) train them once and start from the saved result; the saving is printed when the grid starts, the
+branch's row names the shared stages (``shared_*`` columns), and ``--no-share`` turns it off.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +43,7 @@ from typing import Any
 import yaml
 
 from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of
+from lit3drft.shared_stages import adopt, plan_prefixes, prefix_overrides, provenance, saving_note
 
 SCALES = ("smoke", "small", "full")
 
@@ -247,8 +253,10 @@ def sweep(
     scale: str = "full",
     jobs: int = 1,
     results_dir: str | Path = "results",
+    share: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or skip, or resume) every selected grid point; return the rows of ``runs.csv`` for them."""
+    """Run (or skip, or resume) every selected grid point; return the rows of ``runs.csv`` for them. ``share``:
+    stages that runs have in common are trained once (``lit3drft.shared_stages``)."""
     overrides = list(overrides or [])
     grid = _sweep_of(path)
     if not grid:
@@ -259,12 +267,33 @@ def sweep(
     # the other overrides apply to each point *after* its variant (a variant may add stages they refer to):
     # check every point's config before running any
     tasks = list(zip(select_points(grid, overrides)[0], point_configs(path, overrides, scale)))
-    for _, ov in tasks:
-        load_config(path, ov)
+    cfgs = [load_config(path, ov) for _, ov in tasks]
     print(f"[sweep] {path}: {len(tasks)} runs at scale {scale}, {jobs} at a time, {child_threads(jobs)} thread(s) each")
+    finished = {i for i, c in enumerate(cfgs) if (run_dir_of(c) / "metrics.json").exists()
+                or any(r.get("run") == c.run_name for r in read_rows(results_file(c, results_dir)))}  # fmt: skip
+    groups = plan_prefixes(cfgs, skip=finished) if share else []
+    print(f"[sweep] {saving_note(groups, cfgs, skip=finished)}" if share else "[sweep] shared stages: off")
+    group_of = {i: g for g in groups for i in g.members}
+    locks = {g.key: threading.Lock() for g in groups}
+
+    def shared(i: int, ov: list[str]) -> dict[str, Any]:
+        """Train the stages run ``i`` shares (once, whichever thread comes first), copy them into its run."""
+        group = group_of[i]
+        prefix_ov = [*ov, *prefix_overrides(cfgs[i], group)]
+        prefix_dir = run_dir_of(load_config(path, prefix_ov))
+        with locks[group.key]:
+            if not (prefix_dir / "metrics.json").exists():
+                start = time.time()
+                code = run_point(path, prefix_ov, resume=True, quiet=jobs > 1, jobs=jobs)
+                status = "finished" if code == 0 and (prefix_dir / "metrics.json").exists() else f"FAILED (exit {code})"
+                print(f"[sweep] shared stages {prefix_dir.name} ({group.stages} stage(s), {len(group.members)} runs): "
+                      f"{status} ({time.time() - start:.0f} s)", flush=True)  # fmt: skip
+                if not (prefix_dir / "metrics.json").exists():
+                    raise RuntimeError(f"the shared stages in {prefix_dir} failed")
+        return provenance(prefix_dir, adopt(prefix_dir, cfgs[i], group))
 
     def one(i: int, point: dict[str, Any], ov: list[str]) -> dict[str, Any] | None:
-        cfg = load_config(path, ov)
+        cfg = cfgs[i]
         metrics_file = run_dir_of(cfg) / "metrics.json"
         start = time.time()
         recorded = [r for r in read_rows(results_file(cfg, results_dir)) if r.get("run") == cfg.run_name]
@@ -272,14 +301,19 @@ def sweep(
             # the row is the record (runs/ is not committed): a grid continues on another machine
             print(f"[sweep] {i + 1}/{len(tasks)} {cfg.run_name}: row in runs.csv, skipped", flush=True)
             return recorded[0]
-        status = "done earlier"
+        status, origin = "done earlier", {}
         if not metrics_file.exists():
-            code = run_point(path, ov, resume=True, quiet=jobs > 1, jobs=jobs)
+            try:
+                origin = shared(i, ov) if i in group_of else {}
+                code = run_point(path, ov, resume=True, quiet=jobs > 1, jobs=jobs)
+            except RuntimeError as err:
+                print(f"[sweep] {cfg.run_name}: {err}", file=sys.stderr, flush=True)
+                code = -1
             status = "finished" if code == 0 and metrics_file.exists() else f"FAILED (exit {code})"
         print(f"[sweep] {i + 1}/{len(tasks)} {cfg.run_name}: {status} ({time.time() - start:.0f} s)", flush=True)
         if not metrics_file.exists():
             return None
-        row = result_row(cfg, point, json.loads(metrics_file.read_text()))
+        row = {**result_row(cfg, point, json.loads(metrics_file.read_text())), **origin}
         append_row(results_file(cfg, results_dir), row)
         return row
 
@@ -321,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="full", choices=SCALES)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--no-share", action="store_true", help="run every point's stages itself (no shared stages)")
     args = parser.parse_intermixed_args(argv)
     try:
-        rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir)
+        rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir, share=not args.no_share)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

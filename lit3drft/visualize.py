@@ -8,7 +8,8 @@
 Rows are VG-LLM detection or grounding rows; boxes are moved from their reference camera (first frame for
 detection, the answer frame for grounding) to each frame's camera with the rows' ``cam2global``.
 Predictions are JSONL lines with ``id`` (the row id, with or without its ``<source>/`` prefix) and
-``completion`` (the model's text; the JSON inside ``<answer>`` is drawn).
+``completion`` (the model's text): its answer is read by the reward's parsers, so what is drawn is what the
+reward scored.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lit3drft.data.geometry import BOX_EDGES, box_corners, project_points
-from lit3drft.data.readers import answer_body, load_rows
+from lit3drft.data.readers import load_rows
+from lit3drft.rewards.parsing import extract_answer, parse_detections, parse_grounding
 
 GT_COLOR, PRED_COLOR = (0, 230, 0), (255, 40, 40)
 
@@ -67,14 +69,17 @@ def grid(rows: list[list[Image.Image]], scale: int = 2) -> Image.Image:
     return canvas
 
 
-def _predicted_boxes(completion: str) -> tuple[int | None, list[list[float]]]:
-    try:
-        parsed = json.loads(answer_body(completion))
-    except (json.JSONDecodeError, TypeError):
-        return None, []
-    items = parsed if isinstance(parsed, list) else [parsed]
-    boxes = [b["bbox_3d"] for b in items if isinstance(b, dict) and len(b.get("bbox_3d", [])) == 9]
-    return (parsed.get("frame") if isinstance(parsed, dict) else None), boxes
+def _predicted_boxes(completion: str, task: str) -> tuple[int | None, list[list[float]]]:
+    """The frame (grounding) and boxes of a completion, read by the reward's own parsers.
+
+    So a figure shows what the reward scored: an answer the reward cannot parse (no ``<answer>`` tags, an
+    invalid entry) draws nothing, and one it reads tolerantly (fenced, trailing commas) is drawn.
+    """
+    answer = extract_answer(completion)
+    if task == "grounding":
+        found = parse_grounding(answer)
+        return (None, []) if found is None else (found[0], [found[1]])
+    return None, [box for _, box in parse_detections(answer) or []]
 
 
 def row_panels(row: dict, root: Path, prediction: str | None = None) -> list[Image.Image]:
@@ -82,14 +87,15 @@ def row_panels(row: dict, root: Path, prediction: str | None = None) -> list[Ima
     frames = [Image.open(root / p).convert("RGB") for p in row["images"]]
     k = np.asarray(row["cam2img"], dtype=np.float64)[:3, :3]
     c2g = np.asarray(row["cam2global"], dtype=np.float64)
-    if "boxes" in row:  # detection: first camera
+    task = "detection" if "boxes" in row else "grounding"
+    if task == "detection":  # first camera
         ref, gt = 0, [b["bbox_3d"] for b in row["boxes"]]
     else:  # grounding: the answer frame
-        tgt = row.get("target") or json.loads(answer_body(row["conversations"][1]["value"]))
+        tgt = row.get("target") or json.loads(extract_answer(row["conversations"][1]["value"], untagged=True))
         ref, gt = int(tgt["frame"]), [tgt["bbox_3d"]]
     panels = boxes_on_frames(frames, k, c2g, ref, [(b, GT_COLOR) for b in gt])
     if prediction is not None:
-        frame, pred = _predicted_boxes(prediction)
+        frame, pred = _predicted_boxes(prediction, task)
         pref = ref if frame is None or not 0 <= int(frame) < len(frames) else int(frame)
         panels = boxes_on_frames(panels, k, c2g, pref, [(b, PRED_COLOR) for b in pred])
     return panels

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 from nbclient import NotebookClient
 
 from lit3drft.collect import collect
@@ -106,3 +107,40 @@ def test_a_killed_sweep_finishes_with_one_row_per_run(run_overrides, tmp_path) -
     shutil.rmtree(runs)
     again = sweep(str(grid), overrides, results_dir=results)
     assert sorted(r["run"] for r in again) == ["seed=0", "seed=1", "seed=2"] and not runs.exists()
+
+
+STRATEGIES = (
+    "  strategy:\n"
+    "    sft_rl: {stages: [{kind: sft, max_steps: 3}, {kind: grpo, max_steps: 2, batch_size: 2}]}\n"
+    "    sft_sft: {stages: [{kind: sft, max_steps: 3}, {kind: sft, max_steps: 2, lr: 1.0e-4}]}\n"
+    "  seed: [0]\n"
+)
+
+
+def test_shared_stages_run_once_and_give_what_each_run_alone_gives(run_overrides, tmp_path, capsys) -> None:
+    """SFT -> RL and SFT -> SFT share their SFT stage: the sweep trains it once (two jobs racing for it), and
+    each branch ends with the weights and metrics of the same point run alone, its row naming the shared stage."""
+    grid = _grid(tmp_path, "share_grid", STRATEGIES)
+    shared_runs, alone_runs = tmp_path / "shared", tmp_path / "alone"
+    base = [*run_overrides, "grpo.temperature=1.0", "grpo.dynamic_sampling=off"]
+    rows = sweep(str(grid), [*base, f"output_dir={shared_runs}"], jobs=2, results_dir=tmp_path / "r1")
+    out = capsys.readouterr().out
+    assert "shared stages: 1 prefix trained once for 2 runs, 3 of 10 training steps saved (30 %)" in out
+    assert out.count("[sweep] shared stages ") == 1, out  # the prefix ran once
+    assert sorted(r["shared_stages"] for r in rows) == ["0-sft", "0-sft"]
+    assert len({r["shared_from"] for r in rows}) == 1
+    sweep(str(grid), [*base, f"output_dir={alone_runs}"], results_dir=tmp_path / "r2", share=False)
+    assert "shared stages: off" in capsys.readouterr().out
+    for run, second in (("strategy=sft_rl__seed=0", "1-grpo"), ("strategy=sft_sft__seed=0", "1-sft")):
+        a, b = shared_runs / "share_grid" / run, alone_runs / "share_grid" / run
+        assert (a / "stages" / "0-sft" / "SHARED.json").exists() and not (
+            b / "stages" / "0-sft" / "SHARED.json"
+        ).exists()
+        for stage in ("0-sft", second):
+            wa, wb = (torch.load(d / "stages" / stage / "trainable.pt") for d in (a, b))
+            assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), (run, stage)
+        ma, mb = (json.loads((d / "metrics.json").read_text())["metrics"] for d in (a, b))
+        assert ma == mb, run
+        assert (a / "csv" / "0-sft" / "metrics.csv").exists()  # the branch's curves begin with the shared stage
+    # the provenance columns are not swept keys: one table row per strategy
+    assert collect("share_grid", tmp_path / "r1")["strategy"].tolist() == ["sft_rl", "sft_sft"]

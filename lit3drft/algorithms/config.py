@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from lit3drft.models.config import SAMPLING
+
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
@@ -42,13 +44,13 @@ class GRPOConfig:
     (the paper uses 0 for LoRA spatial-reasoning runs)."""
     num_iterations: int = 1
     """mu: optimisation passes over each rollout batch. With 1 the policy is on-policy and the ratio is exactly 1."""
-    temperature: float = 1.0
+    temperature: float = SAMPLING.temperature
     """Sampling temperature for the G rollouts (log-probs are computed at the same temperature)."""
-    top_p: float = 1.0
+    top_p: float = SAMPLING.top_p
     """Nucleus sampling threshold for rollouts; 1.0 disables it."""
-    top_k: int | None = None
+    top_k: int | None = SAMPLING.top_k
     """Top-k sampling for rollouts; None disables it."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = SAMPLING.max_new_tokens
     """Maximum completion length; also the fixed denominator of the `dr_grpo` loss."""
     mask_truncated_completions: bool = False
     """Drop completions that hit max_new_tokens without EOS from the loss (DAPO overlong filtering)."""

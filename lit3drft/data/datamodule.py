@@ -18,8 +18,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit3drft.data.config import DataConfig, SourceConfig
+from lit3drft.data.media import load_sample
 from lit3drft.data.prompts import CATEGORIES
-from lit3drft.data.readers import BadSampleError, Record, SkipCounter, load_sample, read_records
+from lit3drft.data.readers import read_records
+from lit3drft.data.records import BadSampleError, Record, SkipCounter
 from lit3drft.data.sample import TASKS, Sample
 from lit3drft.data.synth import FORMAT_VERSION, generate, rerender_command
 from lit3drft.data.tasks import DATASET

@@ -275,7 +275,7 @@ class PerceptionDataModule(L.LightningDataModule):
         if cfg.seed == synth.seed or cfg.seed + 1 == synth.seed:
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
-        if not (0 <= cfg.inventory_share and 0 <= cfg.box2d_share and cfg.inventory_share + cfg.box2d_share <= 1):
+        if not (cfg.inventory_share >= 0 and cfg.box2d_share >= 0 and cfg.inventory_share + cfg.box2d_share <= 1):
             raise ValueError(f"pretrain.inventory_share={cfg.inventory_share}, pretrain.box2d_share={cfg.box2d_share}: "
                              "each in [0, 1], summing to at most 1")  # fmt: skip
         bad = [lv for lv in [*cfg.levels, cfg.val_level or synth.level] if lv not in LEVELS]

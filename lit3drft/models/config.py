@@ -13,6 +13,22 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The one home of the sampling defaults: ``lit3drft.models.generation``, the ``Policy`` wrappers and
+    ``GRPOConfig`` all read them from ``SAMPLING``."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    """1.0: no nucleus filtering."""
+    top_k: int | None = None
+    """None: no top-k filtering."""
+    max_new_tokens: int = 256
+
+
+SAMPLING = SamplingDefaults()
+
+
 @dataclass
 class ModelConfig:
     """The policy: a Qwen-VL checkpoint (or the offline ``tiny`` preset), its fine-tuning and its inputs."""

@@ -20,19 +20,46 @@ positions after it hold the pad token and mask 0.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from lit3drft.models.config import SAMPLING, ModelConfig
 from lit3drft.models.decode import LeanDecoder
 from lit3drft.models.decode import supports as supports_lean
 
 if TYPE_CHECKING:
     from lit3drft.data.sample import Sample
-    from lit3drft.models.policy import Policy
+
+
+class Policy(Protocol):
+    """What sampling and the log-prob pass need of a policy (``lit3drft.models.policy.Policy`` has it): the one
+    direction of dependency is policy -> generation; this module never imports the policy."""
+
+    cfg: ModelConfig
+    hf_model: Any
+    """The Hugging Face model (``lm_head``, ``generate``, the language model)."""
+    core: Any
+    """The Qwen-VL core under any peft wrapper (``rope_deltas``, modules)."""
+    tokenizer: Any
+    stop_token_ids: list[int]
+    pad_token_id: int
+    suppressed_token_ids: list[int]
+    reuses_visual_features: bool
+    visual_frozen: bool
+
+    def collate(self, samples: list[Sample], with_answer: bool = False) -> dict[str, Tensor]: ...
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+    def positions(self, input_ids: Tensor, mm_token_type_ids: Tensor, attention_mask: Tensor,
+                  batch: dict[str, Any]) -> tuple[Tensor, Tensor]: ...  # fmt: skip
+    def encode_visual(self, batch: dict[str, Any]) -> dict[str, list[Tensor]]: ...
+    def encoder_outputs(self, feats: dict[str, list[Tensor]] | None) -> Any: ...
+    def visual_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+    def merged_adapter(self) -> contextlib.AbstractContextManager[None] | Iterator[None]: ...
 
 
 @dataclass
@@ -55,7 +82,7 @@ class Rollout:
     """``(B*G,)`` prompt index of each row (``r // G``)."""
     num_generations: int = 1
     """G."""
-    temperature: float = 1.0
+    temperature: float = SAMPLING.temperature
     """Sampling temperature; ``sequence_logprobs`` uses the same by default."""
     visual_features: dict[str, list[Tensor]] | None = None
     """Per-entry visual features of the B prompts (``Policy.encode_visual``, no grad), computed while sampling
@@ -195,16 +222,19 @@ def _texts(policy: Policy, ids: Tensor, mask: Tensor) -> list[str]:
     )
 
 
-def generate_texts(policy: Policy, samples: list[Sample], max_new_tokens: int, greedy: bool = True) -> list[str]:
+def generate_texts(policy: Policy, samples: list[Sample], max_new_tokens: int = SAMPLING.max_new_tokens,
+                   greedy: bool = True) -> list[str]:  # fmt: skip
     """One completion per sample (greedy by default), KV cache, stop at ``<|im_end|>``/EOS."""
     batch = policy.to_device(policy.collate(samples))
-    ids, mask, _, _ = _decode(policy, batch, 1, max_new_tokens, 1.0, 1.0, None, greedy)
+    ids, mask, _, _ = _decode(policy, batch, 1, max_new_tokens, SAMPLING.temperature, SAMPLING.top_p, SAMPLING.top_k,
+                              greedy)  # fmt: skip
     return _texts(policy, ids, mask)
 
 
-def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], num_generations: int,
-                   temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                   max_new_tokens: int = 256, merge_adapter: bool = False) -> Rollout:  # fmt: skip
+def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], num_generations: int = 8,
+                   temperature: float = SAMPLING.temperature, top_p: float = SAMPLING.top_p,
+                   top_k: int | None = SAMPLING.top_k, max_new_tokens: int = SAMPLING.max_new_tokens,
+                   merge_adapter: bool = False) -> Rollout:  # fmt: skip
     """Sample ``num_generations`` completions per prompt with one vision pass and one prefill per prompt.
 
     ``merge_adapter``: sample with the LoRA update folded into the base weights (``Policy.merged_adapter``;

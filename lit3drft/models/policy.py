@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from lit3drft.data.sample import Sample
-from lit3drft.models.config import ModelConfig
+from lit3drft.models import generation
+from lit3drft.models.config import SAMPLING, ModelConfig
 from lit3drft.models.geometry import depth_ray_map, geometry_patches
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -368,27 +369,24 @@ class Policy(nn.Module):
         )
 
     # ------------------------------------------------------------------ generation (lit3drft.models.generation)
-    def generate(self, samples: list[Sample], max_new_tokens: int = 256, greedy: bool = True) -> list[str]:
-        """Greedy (or temperature-1 sampled) completions, one per sample, for validation and test."""
-        from lit3drft.models.generation import generate_texts
-
-        return generate_texts(self, samples, max_new_tokens, greedy)
+    def generate(self, samples: list[Sample], max_new_tokens: int = SAMPLING.max_new_tokens,
+                 greedy: bool = True) -> list[str]:  # fmt: skip
+        """Greedy (or sampled at the default temperature) completions, one per sample, for validation and test."""
+        return generation.generate_texts(self, samples, max_new_tokens, greedy)
 
     def generate_group(self, samples: list[Sample] | dict[str, Tensor], num_generations: int = 8,
-                       temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
-                       max_new_tokens: int = 256, merge_adapter: bool = False) -> Any:  # fmt: skip
-        """G sampled completions per prompt; returns a ``Rollout`` (see ``lit3drft.models.generation``)."""
-        from lit3drft.models.generation import generate_group
+                       temperature: float = SAMPLING.temperature, top_p: float = SAMPLING.top_p,
+                       top_k: int | None = SAMPLING.top_k, max_new_tokens: int = SAMPLING.max_new_tokens,
+                       merge_adapter: bool = False) -> generation.Rollout:  # fmt: skip
+        """G sampled completions per prompt (``lit3drft.models.generation.generate_group``)."""
+        return generation.generate_group(self, samples, num_generations, temperature, top_p, top_k, max_new_tokens,
+                                         merge_adapter)  # fmt: skip
 
-        return generate_group(self, samples, num_generations, temperature, top_p, top_k, max_new_tokens, merge_adapter)
-
-    def sequence_logprobs(self, rollout: Any, rows: list[int] | Tensor | None = None,
+    def sequence_logprobs(self, rollout: generation.Rollout, rows: list[int] | Tensor | None = None,
                           temperature: float | None = None, chunk_size: int = 64,
                           shared_prefix: bool | None = None) -> Tensor:  # fmt: skip
         """Per-token log-probs ``(len(rows), T)`` of the rollout's completions (0 where masked)."""
-        from lit3drft.models.generation import sequence_logprobs
-
-        return sequence_logprobs(self, rollout, rows, temperature, chunk_size, shared_prefix)
+        return generation.sequence_logprobs(self, rollout, rows, temperature, chunk_size, shared_prefix)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, path: str) -> None:

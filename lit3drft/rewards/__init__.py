@@ -1,13 +1,7 @@
 """Verifiable rewards and the benchmark metrics computed from the same code (see DESIGN.md)."""
 
-from lit3drft.rewards.boxes import (
-    box3d_corners,
-    box3d_iou,
-    box3d_overlap,
-    euler_to_matrix,
-    matrix_to_euler,
-    transform_boxes,
-)
+from lit3drft.rewards.box_geometry import box3d_corners, euler_to_matrix, matrix_to_euler, transform_boxes
+from lit3drft.rewards.boxes import box3d_iou, box3d_overlap
 from lit3drft.rewards.config import RewardConfig
 from lit3drft.rewards.detection import DetectionF1, detection_counts, detection_reward
 from lit3drft.rewards.format import FormatRate, answer_parses, format_reward, format_scores

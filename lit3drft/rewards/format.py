@@ -16,6 +16,7 @@ from lit3drft.rewards.parsing import (
     parse_number,
     parse_option,
 )
+from lit3drft.rewards.spatial import is_multiple_choice
 
 
 def answer_parses(answer: str | None, target: dict[str, Any]) -> bool:
@@ -35,7 +36,7 @@ def answer_parses(answer: str | None, target: dict[str, Any]) -> bool:
     if task == "grounding":
         return parse_grounding(answer) is not None
     if task == "spatial":
-        if target.get("options") or str(target.get("ground_truth", "")).strip().upper() in ("A", "B", "C", "D"):
+        if is_multiple_choice(target):
             return parse_option(answer, target.get("options")) is not None
         return parse_number(answer) is not None
     return False

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit3drft.rewards.boxes import box3d_iou, transform_boxes
+from lit3drft.rewards.box_geometry import transform_boxes
+from lit3drft.rewards.boxes import box3d_iou
 from lit3drft.rewards.parsing import extract_answer, parse_grounding
 
 

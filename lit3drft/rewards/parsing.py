@@ -41,20 +41,32 @@ def _tag_spans(tag: re.Pattern, text: str) -> list[tuple[int, int, int, int]]:
     return spans
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, untagged: bool = False) -> str | None:
     """Text inside the last ``<answer>...</answer>``, stripped; ``None`` if there is none.
+
+    The one answer extractor: every reward, metric and figure reads a completion with it (the last answer
+    counts, tags in any case, as the official evaluations read model output). ``untagged=True`` is for reference
+    answers in training rows, which VG-LLM writes without tags: text with no ``<answer>`` pair then gives the
+    body of its first json code fence, else the whole text, stripped (a string is never ``None``).
 
     Example:
         >>> extract_answer("<think>count</think><answer> 3 </answer>")
         '3'
         >>> extract_answer("no tags") is None
         True
+        >>> extract_answer('```json\\n[{"label": "bed"}]\\n```', untagged=True)
+        '[{"label": "bed"}]'
     """
     if not isinstance(text, str):
         return None
     text = text[:MAX_CHARS]
     found = _tag_spans(_ANSWER, text)
-    return text[found[-1][1] : found[-1][2]].strip() if found else None
+    if found:
+        return text[found[-1][1] : found[-1][2]].strip()
+    if not untagged:
+        return None
+    fenced = _FENCE.search(text)
+    return (fenced.group(1) if fenced else text).strip()
 
 
 def extract_think(text: str) -> str | None:

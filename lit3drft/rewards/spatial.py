@@ -71,7 +71,15 @@ def linear_accuracy(pred: Tensor, target: Tensor) -> Tensor:
     return torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0).to(torch.get_default_dtype())
 
 
-def _is_choice(target: dict[str, Any]) -> bool:
+def is_multiple_choice(target: dict[str, Any]) -> bool:
+    """Whether a spatial target is scored by option letter: it has options, or its ground truth is ``A``-``D``.
+
+    The one check behind both the spatial score and the format reward's "the answer parses".
+
+    Example:
+        >>> is_multiple_choice({"ground_truth": " b ", "options": None}), is_multiple_choice({"ground_truth": 3.0})
+        (True, False)
+    """
     if target.get("options"):
         return True
     gt = target.get("ground_truth")
@@ -98,7 +106,7 @@ def spatial_scores(
         answer = extract_answer(text)
         if answer is None:
             continue
-        if _is_choice(target):
+        if is_multiple_choice(target):
             letter = parse_option(answer, target.get("options"))
             scores[i] = float(letter is not None and letter == str(target.get("ground_truth", "")).strip().upper())
         else:

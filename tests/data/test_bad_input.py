@@ -18,7 +18,9 @@ from PIL import Image
 from lit3drft.data import prompts as P
 from lit3drft.data.config import DataConfig, SourceConfig
 from lit3drft.data.datamodule import LitDataModule
-from lit3drft.data.readers import BadSampleError, SkipCounter, load_sample, read_records
+from lit3drft.data.media import load_sample
+from lit3drft.data.readers import read_records
+from lit3drft.data.records import BadSampleError, SkipCounter
 from lit3drft.data.synth import write_video
 from lit3drft.rewards import RewardConfig, TaskMetrics, get_reward, score_completions
 

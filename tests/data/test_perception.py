@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lit3drft.data.config import SynthConfig
-from lit3drft.data.perception import CATEGORY_NAMES, CELL, NUM_CLASSES, PerceptionDataset, PretrainConfig
-from lit3drft.data.perception import token_targets
+from lit3drft.data.perception import CATEGORY_NAMES, CELL, NUM_CLASSES, PerceptionDataset, PretrainConfig, token_targets
 
 
 def _brute_force(inst, depth, own, first, classes):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lit3drft.data.readers import load_sample, read_records
+from lit3drft.data.media import load_sample
+from lit3drft.data.readers import read_records
 from lit3drft.rewards import score_completions
 from lit3drft.rewards.config import RewardConfig
 

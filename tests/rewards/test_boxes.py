@@ -6,15 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit3drft.rewards import boxes
-from lit3drft.rewards.boxes import (
-    box3d_corners,
-    box3d_iou,
-    box3d_overlap,
-    euler_to_matrix,
-    matrix_to_euler,
-    transform_boxes,
-)
+from lit3drft.rewards import boxes, polygon_clip
+from lit3drft.rewards.box_geometry import box3d_corners, euler_to_matrix, matrix_to_euler, transform_boxes
+from lit3drft.rewards.boxes import box3d_iou, box3d_overlap
 from tests.rewards.reference import reference_volume
 
 
@@ -245,6 +239,6 @@ def test_clip_table_is_sutherland_hodgman():
         ([math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5), math.sqrt(0.5)], 3.0),  # corners cut off
     ]
     slabs = torch.stack([torch.stack([torch.tensor(c, dtype=torch.float64), inf, inf]) for c, _ in cases])
-    area, bad = boxes._clip_polygons(rect, slabs)
+    area, bad = polygon_clip._clip_polygons(rect, slabs)
     assert not bad.any()
     torch.testing.assert_close(area, torch.tensor([a for _, a in cases], dtype=torch.float64))

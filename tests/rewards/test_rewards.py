@@ -18,6 +18,7 @@ from lit3drft.rewards import (
     TaskMetrics,
     box3d_iou,
     detection_reward,
+    extract_answer,
     get_reward,
     grounding_reward,
     match_detections,
@@ -53,6 +54,19 @@ def test_parse_json_variants():
     assert parse_json("__import__('os')") is None
     assert parse_detections('[{"label": "a", "bbox_3d": [1, 2, 3]}]') is None  # not 9 numbers
     assert parse_detections('[{"label": "a", "bbox_3d": [1, 2, 3, 1, 1, 1, 0, 0, NaN]}]') is None
+
+
+def test_one_answer_extractor_for_completions_and_reference_answers():
+    """The reward reads the last ``<answer>`` (any case) and nothing else; reference answers in training rows
+    (``untagged=True``) may also be a json fence (VG-LLM's rows) or plain text."""
+    two = "<answer>[1]</answer> on second thought <ANSWER> [2] </ANSWER>"
+    assert extract_answer(two) == extract_answer(two, untagged=True) == "[2]"
+    fenced = '```json\n\t[{"label": "bed"}]\n```'
+    assert extract_answer(fenced) is None and extract_answer("3") is None
+    assert extract_answer(fenced, untagged=True) == '[{"label": "bed"}]'
+    assert extract_answer("```JSON\n[]\n```", untagged=True) == "[]"
+    assert extract_answer(" 3 ", untagged=True) == "3" and extract_answer("", untagged=True) == ""
+    assert extract_answer("<answer>```json\n[]\n```</answer>", untagged=True) == "```json\n[]\n```"  # tags win
 
 
 def test_parse_huge_input_is_bounded():
