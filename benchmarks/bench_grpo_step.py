@@ -199,8 +199,8 @@ class LitSide:
         rollouts: list[Any] = []
         real_loss, real_gen = self._grpo_module.grpo_loss, self.policy.generate_group
 
-        def spy_loss(logp, old, ref, adv, mask, cfg, num_items_in_batch=None, num_sequences=None):
-            loss, st = real_loss(logp, old, ref, adv, mask, cfg, num_items_in_batch, num_sequences)
+        def spy_loss(logp, old, ref, adv, mask, cfg, num_tokens=None, num_sequences=None):
+            loss, st = real_loss(logp, old, ref, adv, mask, cfg, num_tokens, num_sequences)
             calls.append({"logp": logp.detach().clone(), "old": None if old is None else old.detach().clone(),
                           "ref": None if ref is None else ref.clone(), "adv": adv.clone(), "mask": mask.clone(),
                           "loss": loss.detach().clone()})  # fmt: skip
@@ -277,7 +277,7 @@ def levers(side: LitSide, names: list[str]):
 
             patch(policy, "generate_group", drop_features)
         elif lever == "no-merge":
-            patch(module.grpo, "merge_adapter_for_sampling", False)
+            patch(module.grpo_cfg, "merge_adapter_for_sampling", False)
         elif lever == "ref-micro-batch":
             patch(module, "no_grad_chunk_factor", 1)
         elif lever:

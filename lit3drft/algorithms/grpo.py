@@ -278,7 +278,7 @@ def grpo_loss(
     advantages: Tensor,
     mask: Tensor,
     cfg: GRPOConfig,
-    num_items_in_batch: float | Tensor | None = None,
+    num_tokens: float | Tensor | None = None,
     num_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss one micro-batch backpropagates: clipped surrogate + beta * k3 KL, aggregated by ``cfg.loss_type``.
@@ -293,12 +293,13 @@ def grpo_loss(
         advantages: (n,) from ``group_advantages``.
         mask: (n, T) completion-token mask (0 on padding and on masked truncated completions).
         cfg: ``GRPOConfig`` (loss_type, epsilon, epsilon_high, importance_sampling_level, beta, max_new_tokens).
-        num_items_in_batch: masked-token count of the whole rollout batch (all micro-batches); None = this one.
+        num_tokens: masked-token count of the whole rollout batch (all micro-batches; TRL's ``num_items_in_batch``);
+            None = this one.
         num_sequences: completion count of the whole rollout batch; None = this micro-batch's n.
 
     Returns:
         ``(loss, stats)``: scalar loss, and detached scalars ``loss``, ``kl`` (token mean, when beta != 0),
-        ``clip_ratio/{low,high,region}``, ``ratio/mean`` and ``num_tokens`` (to token-weight stats across chunks).
+        ``clip_ratio/{low,high,region}``, ``ratio/mean`` and ``chunk_tokens`` (this micro-batch's masked tokens, to token-weight stats across chunks).
 
     Example:
         >>> cfg = GRPOConfig(beta=0.0, loss_type="grpo")
@@ -322,7 +323,7 @@ def grpo_loss(
         kl = k3_kl(logp, ref_logp)  # (n, T)
         per_token_loss = per_token_loss + cfg.beta * kl
         stats["kl"] = _masked_mean(kl.detach(), mask)
-    num_tokens = None if num_items_in_batch is None else float(num_items_in_batch)
+    num_tokens = None if num_tokens is None else float(num_tokens)
     loss = aggregate_loss(
         per_token_loss,
         mask,
@@ -332,5 +333,5 @@ def grpo_loss(
         max_completion_length=cfg.max_new_tokens,
     )
     stats["loss"] = loss.detach()
-    stats["num_tokens"] = mask.sum().detach()
+    stats["chunk_tokens"] = mask.sum().detach()
     return loss, stats

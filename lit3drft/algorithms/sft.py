@@ -10,7 +10,7 @@ IGNORE_INDEX = -100
 """Label value of tokens that do not count (prompt, frames, padding), as in Hugging Face collators."""
 
 
-def answer_only_cross_entropy(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+def answer_only_cross_entropy(logits: Tensor, labels: Tensor, num_tokens: int | Tensor | None = None) -> Tensor:
     """Mean next-token cross-entropy over the tokens whose label is not -100.
 
     Position t predicts label t+1 (the shift happens here, labels are aligned with ``input_ids``). Computed in
@@ -19,8 +19,8 @@ def answer_only_cross_entropy(logits: Tensor, labels: Tensor, num_items_in_batch
     Args:
         logits: (B, L, V) model outputs.
         labels: (B, L) token ids of the answer, -100 elsewhere.
-        num_items_in_batch: total answer-token count over all gradient-accumulation micro-batches; when given the
-            loss is ``sum / num_items_in_batch`` so micro-batch losses sum to the accumulated batch's token mean.
+        num_tokens: total answer-token count over all gradient-accumulation micro-batches; when given the
+            loss is ``sum / num_tokens`` so micro-batch losses sum to the accumulated batch's token mean.
 
     Returns:
         Scalar loss.
@@ -34,6 +34,6 @@ def answer_only_cross_entropy(logits: Tensor, labels: Tensor, num_items_in_batch
     shift_logits = logits[:, :-1, :].float().flatten(0, 1)  # (B*(L-1), V)
     shift_labels = labels[:, 1:].flatten().to(shift_logits.device)  # (B*(L-1),)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    if num_items_in_batch is None:
-        num_items_in_batch = (shift_labels != IGNORE_INDEX).sum()
-    return total / torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device).clamp(min=1.0)
+    if num_tokens is None:
+        num_tokens = (shift_labels != IGNORE_INDEX).sum()
+    return total / torch.as_tensor(num_tokens, dtype=total.dtype, device=total.device).clamp(min=1.0)

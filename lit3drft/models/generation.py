@@ -243,7 +243,7 @@ def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], nu
     """
     batch = samples if isinstance(samples, dict) else policy.collate(samples)
     batch = policy.to_device({k: v for k, v in batch.items() if k != "labels"})
-    keep = policy.reuses_visual_features and policy.visual_frozen
+    reuse_features = policy.reuses_visual_features and policy.visual_frozen  # valid for the whole step
     with torch.no_grad():
         feats = policy.encode_visual(batch) if policy.reuses_visual_features else None
     with policy.merged_adapter() if merge_adapter else contextlib.nullcontext():
@@ -251,7 +251,7 @@ def generate_group(policy: Policy, samples: list[Sample] | dict[str, Tensor], nu
                                               top_k, greedy=False, feats=feats)  # fmt: skip
     group = torch.arange(len(batch["input_ids"]), device=ids.device).repeat_interleave(num_generations)
     return Rollout(batch, ids, mask, logps, _texts(policy, ids, mask), truncated, group, num_generations, temperature,
-                   feats if keep else None)  # fmt: skip
+                   feats if reuse_features else None)  # fmt: skip
 
 
 def _token_logprobs(policy: Policy, hidden: Tensor, targets: Tensor, temperature: float) -> Tensor:

@@ -41,7 +41,7 @@ class GRPOModule(PolicyModule):
 
     def __init__(self, grpo_cfg: GRPOConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.grpo = grpo_cfg
+        self.grpo_cfg = grpo_cfg
         self.automatic_optimization = False
         self._idle = 0
 
@@ -51,12 +51,12 @@ class GRPOModule(PolicyModule):
         fine-tuning: a frozen copy; LoRA/QLoRA: a frozen copy of the adapter (``Policy.snapshot_reference``).
         On ``--resume`` the previous stages' weights are loaded before this runs, so the snapshot is the same.
         """
-        if stage == "fit" and self.grpo.beta > 0:
+        if stage == "fit" and self.grpo_cfg.beta > 0:
             self.policy.snapshot_reference()
 
     # ------------------------------------------------------------------ one rollout batch
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        cfg = self.grpo
+        cfg = self.grpo_cfg
         samples, targets = batch["samples"], batch["targets"]
         distributed = self._trainer is not None and self.trainer.world_size > 1
         resample = cfg.dynamic_sampling == "resample"
@@ -75,21 +75,21 @@ class GRPOModule(PolicyModule):
         t2 = time.perf_counter()
         budget = B if resample else None  # resample: the first B groups with variance, in the order drawn
         for p in parts:
-            keep = (
+            kept_rows = (
                 torch.ones_like(p.total, dtype=torch.bool)
                 if cfg.dynamic_sampling == "off"
                 else (~p.zero_std).repeat_interleave(cfg.num_generations)
             )
             if budget is not None:
-                groups = keep.view(-1, cfg.num_generations)[:, 0]
+                groups = kept_rows.view(-1, cfg.num_generations)[:, 0]
                 over = groups & (groups.cumsum(0) > budget)
-                keep = keep & ~over.repeat_interleave(cfg.num_generations)
+                kept_rows = kept_rows & ~over.repeat_interleave(cfg.num_generations)
                 budget -= int((groups & ~over).sum())
-            p.kept = int(keep.sum())
+            p.kept = int(kept_rows.sum())
             if distributed:  # masked, not dropped: every rank runs the same backward passes
-                p.mask, p.rows = p.mask * keep.float().unsqueeze(1), list(range(len(p.total)))
+                p.mask, p.rows = p.mask * kept_rows.float().unsqueeze(1), list(range(len(p.total)))
             else:
-                p.rows = keep.nonzero().flatten().tolist()
+                p.rows = kept_rows.nonzero().flatten().tolist()
         tokens = sum((p.mask[p.rows].sum() for p in parts), torch.zeros((), device=parts[0].total.device))
         if distributed:  # one decision for all ranks: the update happens when the global batch has a token left
             tokens = self.all_gather(tokens).sum()
@@ -108,7 +108,7 @@ class GRPOModule(PolicyModule):
 
     def _rollout(self, samples: list, targets: list, distributed: bool) -> _Part:
         """Sample G completions for each prompt, score each against its own prompt's target, group advantages."""
-        cfg, G = self.grpo, self.grpo.num_generations
+        cfg, G = self.grpo_cfg, self.grpo_cfg.num_generations
         t0 = time.perf_counter()
         with torch.no_grad():
             rollout = self.policy.generate_group(
@@ -151,7 +151,7 @@ class GRPOModule(PolicyModule):
 
     def _optimise(self, parts: list[_Part]) -> dict:
         """μ passes over micro-batches of every part's ``rows``; one optimiser step per pass."""
-        cfg = self.grpo
+        cfg = self.grpo_cfg
         opt = self.optimizers()
         sched = self.lr_schedulers()
         old_logp: list[torch.Tensor | None] = [None] * len(parts)
@@ -163,12 +163,12 @@ class GRPOModule(PolicyModule):
             with torch.no_grad(), self.policy.reference():
                 ref_logp = [self._logprobs_in_chunks(p.rollout, p.rows) for p in parts]
         device = parts[0].mask.device
-        n_tokens = sum((p.mask[p.rows].sum() for p in parts), torch.zeros((), device=device))
+        num_tokens = sum((p.mask[p.rows].sum() for p in parts), torch.zeros((), device=device))
         n_sequences, scale = float(sum(p.kept for p in parts)), 1.0
         if self._trainer is not None and self.trainer.world_size > 1:
             # normalise by the *global* token / completion counts and undo DDP's gradient averaging: the update
             # equals one process's on the union of the ranks' rollouts, for every loss type
-            n_tokens = self.all_gather(n_tokens).sum()
+            num_tokens = self.all_gather(num_tokens).sum()
             n_sequences = float(self.all_gather(torch.tensor(n_sequences, device=device)).sum())
             scale = float(self.trainer.world_size)
         # chunk losses add up to the batch loss; other stats are token means, so weight them by tokens
@@ -190,12 +190,12 @@ class GRPOModule(PolicyModule):
                         p.advantages[idx],
                         p.mask[idx],
                         cfg,
-                        num_items_in_batch=n_tokens,
+                        num_tokens=num_tokens,
                         num_sequences=max(int(n_sequences), 1),
                     )
                     self.manual_backward(loss * scale)
                     loss_sum += loss.detach().float() * scale / cfg.num_iterations
-                    weights.append(st.pop("num_tokens").detach().float())
+                    weights.append(st.pop("chunk_tokens").detach().float())
                     st.pop("loss", None)
                     for k, v in st.items():
                         acc.setdefault(k, []).append(v.detach().float())
@@ -212,7 +212,7 @@ class GRPOModule(PolicyModule):
         """No-grad log-probs of every rollout row (rows not in ``rows`` stay 0), ``no_grad_chunk_factor``
         micro-batches per forward."""
         out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
-        size = self.grpo.micro_batch_size * self.no_grad_chunk_factor
+        size = self.grpo_cfg.micro_batch_size * self.no_grad_chunk_factor
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             out[torch.tensor(chunk, device=out.device)] = self.policy.sequence_logprobs(rollout, rows=chunk).float()

@@ -35,7 +35,7 @@ class PretrainModule(PolicyModule):
 
     def __init__(self, pretrain_cfg: PretrainConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.pcfg = pretrain_cfg
+        self.pretrain_cfg = pretrain_cfg
         width = self.policy.core.config.text_config.hidden_size
         self.heads = torch.nn.ModuleDict(
             {"vision": DenseHead(width, NUM_CLASSES), "llm": DenseHead(width, NUM_CLASSES)}
@@ -55,7 +55,7 @@ class PretrainModule(PolicyModule):
         b = policy.to_device(batch["inputs"])
         d = {k: v.to(policy.device) for k, v in batch["dense"].items()}
         feats = policy.encode_visual(b)  # {"image": [(tokens_i, D), ...]}
-        probe = self.pcfg.dense_weight == 0  # heads as linear probes: no gradient into the policy
+        probe = self.pretrain_cfg.dense_weight == 0  # heads as linear probes: no gradient into the policy
         vis = torch.cat(feats["image"])  # (sum tokens, D), the order of the dense targets
         vis = vis.detach() if probe else vis
         heads = self.heads
@@ -66,14 +66,14 @@ class PretrainModule(PolicyModule):
         if vision_only:
             return vis.new_zeros(()), losses
         pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
-        answer_box = self.pcfg.answer_box_weight > 0
+        answer_box = self.pretrain_cfg.answer_box_weight > 0
         out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                              use_cache=False, output_hidden_states=self.pcfg.dense_on_llm or answer_box,
+                              use_cache=False, output_hidden_states=self.pretrain_cfg.dense_on_llm or answer_box,
                               mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
         ce = answer_only_cross_entropy(out.logits, b["labels"])
         if answer_box:
             losses["answer_box"] = self._answer_box_loss(out.hidden_states[-1], b["labels"], batch["targets"])
-        if self.pcfg.dense_on_llm:
+        if self.pretrain_cfg.dense_on_llm:
             hidden = out.hidden_states[-1][b["input_ids"] == self.image_token_id]  # (sum tokens, D)
             hidden = hidden.detach() if probe else hidden
             llm = dense_losses(heads["llm"](hidden), d["cls"], d["depth"], d["first"], d["has_obj"])
@@ -98,14 +98,14 @@ class PretrainModule(PolicyModule):
         return (pred / scale - torch.tensor(boxes, device=pred.device) / scale).abs().mean()
 
     def _total(self, ce: Tensor, losses: dict[str, Tensor]) -> Tensor:
-        center = losses["vision_center"] * (self.pcfg.center_weight if self.pcfg.dense_weight else 0.0)
+        center = losses["vision_center"] * (self.pretrain_cfg.center_weight if self.pretrain_cfg.dense_weight else 0.0)
         dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")) and k != "answer_box")
-        answer_box = self.pcfg.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
+        answer_box = self.pretrain_cfg.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
         # dense_weight 0: the heads are probes on detached tokens, trained at weight 1
-        return self.pcfg.answer_weight * ce + (self.pcfg.dense_weight or 1.0) * dense + answer_box
+        return self.pretrain_cfg.answer_weight * ce + (self.pretrain_cfg.dense_weight or 1.0) * dense + answer_box
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        ce, losses = self._forward(batch, vision_only=self.global_step < self.pcfg.vision_warmup_steps)
+        ce, losses = self._forward(batch, vision_only=self.global_step < self.pretrain_cfg.vision_warmup_steps)
         loss = self._total(ce, losses)
         n = len(batch["samples"])
         now = time.perf_counter()
@@ -120,7 +120,7 @@ class PretrainModule(PolicyModule):
     def on_train_start(self) -> None:
         """Standardise the merger's output once, before the first step of a fresh stage (not on resume: the
         checkpoint holds the weights already folded)."""
-        if self.global_step == 0 and self.pcfg.center_weight > 0 and self.pcfg.dense_weight > 0:
+        if self.global_step == 0 and self.pretrain_cfg.center_weight > 0 and self.pretrain_cfg.dense_weight > 0:
             batch = next(iter(self.trainer.datamodule.train_dataloader()))  # a separate loader: the fit's is untouched
             ratio = standardise_merger(self.policy, batch["inputs"])
             if ratio is not None:
@@ -135,7 +135,7 @@ class PretrainModule(PolicyModule):
                   if ("visual" in n or n.startswith("geometry.")) and p.requires_grad}  # fmt: skip
         fast = [p for p in params if id(p) in vision] + list(self.heads.parameters())
         return [{"params": [p for p in params if id(p) not in vision]},
-                {"params": fast, "lr": self.stage.lr * self.pcfg.vision_lr_scale}]  # fmt: skip
+                {"params": fast, "lr": self.stage.lr * self.pretrain_cfg.vision_lr_scale}]  # fmt: skip
 
     # ------------------------------------------------------------------ validation: does it see?
     @torch.no_grad()
@@ -149,7 +149,7 @@ class PretrainModule(PolicyModule):
                                             self.policy.to_device(batch["inputs"])["labels"])  # fmt: skip
         completions = self.policy.generate(samples, max_new_tokens=self.eval_cfg.max_new_tokens)
         row = {}
-        if self.pcfg.box2d_share > 0:  # the same clips asked for the first frame's 2D boxes
+        if self.pretrain_cfg.box2d_share > 0:  # the same clips asked for the first frame's 2D boxes
             flat = [box2d_sample(s) for s in samples]
             labels = self.policy.to_device(self.policy.collate(flat, with_answer=True))["labels"]
             ce2 = [answer_only_cross_entropy(self.policy(self.policy.collate(x, with_answer=True)).logits, labels)

@@ -17,16 +17,16 @@ class SFTModule(PolicyModule):
         inputs = batch["inputs"]
         labels = inputs["labels"]
         logits = self.policy(inputs).logits  # (B, T, V)
-        n_tokens = (labels[:, 1:] != -100).sum()
+        num_tokens = (labels[:, 1:] != -100).sum()
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
             # DDP averages gradients over ranks: each rank's answer-token sum over the *global* token count,
             # times the world size, makes that average the token mean of the global batch (as on one process)
-            n_global = self.all_gather(n_tokens).sum()
-            loss = answer_only_cross_entropy(logits, labels, num_items_in_batch=n_global) * world
+            n_global = self.all_gather(num_tokens).sum()
+            loss = answer_only_cross_entropy(logits, labels, num_tokens=n_global) * world
         else:
             loss = answer_only_cross_entropy(logits, labels)
         if torch.isfinite(loss):  # a non-finite loss skips the step (PolicyModule.on_before_optimizer_step)
             self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0], sync_dist=world > 1)
-        self.log("train/answer_tokens", n_tokens.float(), batch_size=labels.shape[0])
+        self.log("train/answer_tokens", num_tokens.float(), batch_size=labels.shape[0])
         return loss

@@ -201,7 +201,7 @@ def test_chunked_micro_batches_sum_to_full_batch(loss_type, level, case):
     for rows in torch.tensor_split(torch.arange(n), cuts):  # unequal micro-batches
         loss, _ = grpo_loss(
             chunk_logp[rows], old[rows], ref[rows], adv[rows], mask[rows], cfg,
-            num_items_in_batch=mask.sum(), num_sequences=n,
+            num_tokens=mask.sum(), num_sequences=n,
         )  # fmt: skip
         loss.backward()
         total = total + loss.detach()

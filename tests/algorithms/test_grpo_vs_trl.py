@@ -64,7 +64,7 @@ def test_loss_and_grad_match_trl(loss_type, level, beta, epsilon_high, chunks):
             data["adv"][rows],
             data["mask"][rows],
             cfg,
-            num_items_in_batch=num_tokens,
+            num_tokens=num_tokens,
             num_sequences=n,
         )
         theirs = trl_loss(

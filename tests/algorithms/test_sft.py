@@ -49,5 +49,5 @@ def test_accumulated_micro_batches_sum_to_the_batch_token_mean():
     labels = torch.randint(0, 9, (4, 6))
     labels[0, :5] = -100  # very different answer lengths per row
     total_tokens = (labels[:, 1:] != -100).sum()
-    parts = [answer_only_cross_entropy(logits[r], labels[r], num_items_in_batch=total_tokens) for r in ([0], [1, 2, 3])]
+    parts = [answer_only_cross_entropy(logits[r], labels[r], num_tokens=total_tokens) for r in ([0], [1, 2, 3])]
     torch.testing.assert_close(sum(parts), answer_only_cross_entropy(logits, labels))
