@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import make_samples  # noqa: E402
-from bench_grpo_step import LORA_TARGETS, perturb_lora  # noqa: E402
+from grpo_bench_common import LORA_TARGETS, perturb_lora  # noqa: E402
 
 from lit3drft.models import ModelConfig, build_policy  # noqa: E402
 

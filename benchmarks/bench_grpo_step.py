@@ -6,11 +6,11 @@ get LoRA r=8 (alpha 32, no dropout) on q/k/v/o of the language model, and train 
 ``min_new_tokens=64``), temperature 1, vision special tokens suppressed, beta 0 and 0.04, mu=1, the dapo loss,
 AdamW, grad-norm clip 1.0, fp32, no gradient checkpointing, ``torch.set_num_threads(--threads)``.
 
-- lit3drft: the real ``GRPOModule.training_step`` (generate_group -> score_completions -> group_advantages
-  -> micro-batched sequence_logprobs, reference under ``policy.reference()`` when beta > 0 -> grpo_loss ->
-  backward -> clip -> AdamW), driven without a Lightning Trainer: the four Lightning hooks it calls
-  (``optimizers``, ``lr_schedulers``, ``manual_backward``, ``clip_gradients``) and ``log_dict`` are bound to
-  plain torch equivalents on the instance. Micro-batch ``--micro-batch`` (default 8, the GRPOConfig default).
+- lit3drft: the real ``GRPOModule`` (generate_group -> score_completions -> group_advantages -> micro-batched
+  sequence_logprobs, reference under ``policy.reference()`` when beta > 0 -> grpo_loss -> backward -> clip ->
+  AdamW) fitted by a real ``lightning.Trainer`` in a worker thread: a callback (``StepBaton``) lets it take one
+  batch at a time and times it from ``on_train_batch_start`` to ``on_train_batch_end``, so what is timed is
+  what users run. Micro-batch ``--micro-batch`` (default 8, the GRPOConfig default).
 - TRL: ``GRPOTrainer.train()`` with ``per_device_train_batch_size = generation_batch_size = prompts*G``, so
   one optimiser step = one rollout batch. A callback times each step (``on_step_begin`` -> ``on_step_end``)
   and then runs one lit3drft step, so the two alternate inside one process after ``--warmup`` steps each.
@@ -45,15 +45,11 @@ with ``--micro-batch 4`` reproduce the step as it was before issue 8's changes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -62,333 +58,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from lit3drft.algorithms import GRPOConfig  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import make_samples  # noqa: E402
-
-from lit3drft.algorithms import GRPOConfig, grpo_loss  # noqa: E402
-from lit3drft.config import EvalConfig, StageConfig  # noqa: E402
-from lit3drft.models import ModelConfig, build_policy  # noqa: E402
-from lit3drft.models.build import lora_target_regex, resolve_checkpoint  # noqa: E402
-from lit3drft.rewards import RewardConfig, score_completions  # noqa: E402
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-TARGET = {"task": "spatial", "mode": "da", "ground_truth": 3.0, "question_type": "object_counting"}
-LR = 1e-5
-PHASES = ("generation", "rewards", "logprobs", "rest")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process: ``VmHWM`` (``ru_maxrss`` survives fork + exec, so a subprocess
-    would report its parent's size; the high-water mark of the address space does not)."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def model_config(args: argparse.Namespace, finetune: str = "lora") -> ModelConfig:
-    if args.preset == "3b":
-        return ModelConfig(preset="", pretrained=str(build_3b_checkpoint(args)), finetune=finetune, lora_r=8,
-                           lora_alpha=32, lora_target_modules=LORA_TARGETS, dtype="bfloat16")  # fmt: skip
-    return ModelConfig(preset="tiny", finetune=finetune, lora_r=8, lora_alpha=32, lora_target_modules=LORA_TARGETS,
-                       dtype="float32")  # fmt: skip
-
-
-def perturb_lora(model: torch.nn.Module, seed: int = 0) -> None:
-    """Small random LoRA B (it starts at zero), so the policy differs from the reference and the KL is not 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(0.02).to(p))
-
-
-class Timer:
-    """Accumulates wall time per phase; ``wrap`` times every call of a function."""
-
-    def __init__(self) -> None:
-        self.acc: dict[str, float] = defaultdict(float)
-        self.tokens = 0
-
-    def wrap(self, fn, phase: str):
-        def timed(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.acc[phase] += time.perf_counter() - t
-
-        return timed
-
-    def split(self, total: float) -> dict[str, float]:
-        out = {p: self.acc.get(p, 0.0) for p in PHASES[:3]}
-        out["rest"] = total - sum(out.values())
-        self.acc.clear()
-        return out
-
-
-# ---------------------------------------------------------------------------------------------------- lit3drft
-class LitSide:
-    """The real ``GRPOModule`` with its Lightning hooks bound to plain torch (no Trainer)."""
-
-    def __init__(self, args: argparse.Namespace, beta: float, samples: list) -> None:
-        from lit3drft.models import generation
-        from lit3drft.modules import grpo as grpo_module
-
-        self.args, self.samples = args, samples
-        self.timer = Timer()
-        policy = build_policy(model_config(args, args.finetune))
-        if args.finetune != "qlora":  # a 4-bit model is placed by from_pretrained's device_map
-            policy.to(args.device)
-        perturb_lora(policy.model)
-        policy.stop_token_ids = []  # no stop token: every completion is exactly --new-tokens long (equal work)
-        policy.train()
-        cfg = GRPOConfig(num_generations=args.generations, beta=beta, num_iterations=1, loss_type="dapo",
-                         max_new_tokens=args.new_tokens, micro_batch_size=args.micro_batch, top_k=None)  # fmt: skip
-        stage = StageConfig(kind="grpo", max_steps=1000, lr=LR, warmup_ratio=0.0, gradient_clip_val=1.0)
-        module = grpo_module.GRPOModule(grpo_cfg=cfg, policy=policy, stage=stage, reward_cfg=RewardConfig(),
-                                        eval_cfg=EvalConfig(), detection_classes=[])  # fmt: skip
-        opt_cfg = module.configure_optimizers()
-        opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-        module.optimizers = lambda: opt
-        module.lr_schedulers = lambda: sched
-        module.manual_backward = lambda loss: loss.backward()
-        module.clip_gradients = lambda o, gradient_clip_val, gradient_clip_algorithm: torch.nn.utils.clip_grad_norm_(
-            module.trainable_parameters(), gradient_clip_val
-        )
-        self.logged: dict[str, Any] = {}
-        module.log_dict = lambda d, **k: self.logged.update(d)
-        self.module, self.policy, self.cfg = module, policy, cfg
-        # phase timers: on the instance / the module namespace the step looks them up in
-        policy.generate_group = self.timer.wrap(policy.generate_group, "generation")
-        policy.sequence_logprobs = self.timer.wrap(policy.sequence_logprobs, "logprobs")
-        self._score = grpo_module.score_completions
-        grpo_module.score_completions = self.timer.wrap(score_completions, "rewards")
-        self.captured: list[dict[str, Any]] | None = None
-        self._grpo_module, self._generation = grpo_module, generation
-
-    def batch(self) -> dict[str, Any]:
-        return {"samples": self.samples, "targets": [TARGET] * len(self.samples)}
-
-    def step(self, lever: list[str] | None = None) -> dict[str, float]:
-        """One ``GRPOModule.training_step``, timed by phase; ``lever`` (default ``--lever``) patched in meanwhile."""
-        self.timer.acc.clear()
-        self.timer.tokens = 0
-        with levers(self, self.args.lever if lever is None else lever):
-            t, c = time.perf_counter(), time.process_time()
-            self.module.training_step(self.batch(), 0)
-            total, cpu = time.perf_counter() - t, time.process_time() - c
-        out = {"total": total, **self.timer.split(total), "cpu": cpu}
-        out["tokens"] = float(self.logged["train/completion_length"]) * len(self.samples) * self.args.generations
-        return out
-
-    def check_loss(self, lever: list[str] | None = None) -> dict[str, float]:
-        """Run one step recording every ``grpo_loss`` call; the micro-batch losses must sum to the full-batch loss."""
-        calls: list[dict[str, Any]] = []
-        rollouts: list[Any] = []
-        real_loss, real_gen = self._grpo_module.grpo_loss, self.policy.generate_group
-
-        def spy_loss(logp, old, ref, adv, mask, cfg, num_tokens=None, num_sequences=None):
-            loss, st = real_loss(logp, old, ref, adv, mask, cfg, num_tokens, num_sequences)
-            calls.append({"logp": logp.detach().clone(), "old": None if old is None else old.detach().clone(),
-                          "ref": None if ref is None else ref.clone(), "adv": adv.clone(), "mask": mask.clone(),
-                          "loss": loss.detach().clone()})  # fmt: skip
-            return loss, st
-
-        def spy_gen(*a, **k):
-            rollouts.append(real_gen(*a, **k))
-            return rollouts[-1]
-
-        self._grpo_module.grpo_loss, self.policy.generate_group = spy_loss, spy_gen
-        try:
-            self.step(lever)
-        finally:
-            self._grpo_module.grpo_loss, self.policy.generate_group = real_loss, real_gen
-        cat = {
-            k: torch.cat([c[k] for c in calls]) if calls[0][k] is not None else None for k in calls[0] if k != "loss"
-        }
-        reference, _ = grpo_loss(cat["logp"], cat["old"], cat["ref"], cat["adv"], cat["mask"], self.cfg)
-        step_loss = torch.stack([c["loss"] for c in calls]).sum()
-        torch.testing.assert_close(step_loss, reference, rtol=1e-5, atol=1e-7)
-        # the rollout's sampling-time log-probs vs the training forward's (before the optimiser step)
-        rollout = rollouts[-1]
-        m = rollout.completion_mask.bool()
-        sample_gap = (rollout.logprobs - cat["logp"])[m].abs().max().item()
-        return {"step_loss": step_loss.item(), "reference_loss": reference.item(), "micro_batches": len(calls),
-                "max_abs_sampling_vs_forward_logp": sample_gap}  # fmt: skip
-
-    def check_lever(self, lever: list[str]) -> dict[str, float]:
-        """Log-probs and LoRA gradients of one micro-batch with and without ``lever``, on the same rollout."""
-        policy = self.policy
-        with torch.no_grad():
-            rollout = policy.generate_group(self.samples, num_generations=self.args.generations,
-                                            max_new_tokens=self.args.new_tokens)  # fmt: skip
-        rows = list(range(min(self.args.micro_batch, len(rollout.texts))))
-        params = [p for p in policy.parameters() if p.requires_grad]
-
-        def run():
-            logp = policy.sequence_logprobs(rollout, rows=rows)
-            weights = torch.linspace(-1, 1, logp.numel(), device=logp.device).view_as(logp)
-            return logp.detach(), torch.autograd.grad((logp * weights).sum(), params)
-
-        base_logp, base_grad = run()
-        with levers(self, lever):
-            logp, grad = run()
-        rel = max(((a - b).norm() / b.norm().clamp(min=1e-30)).item() for a, b in zip(grad, base_grad))
-        return {"max_abs_logp_diff": (logp - base_logp).abs().max().item(), "max_rel_grad_diff": rel}
-
-
-@contextlib.contextmanager
-def levers(side: LitSide, names: list[str]):
-    """lit3drft's step with some of its fast paths switched off (ablations), undone on exit; module docstring."""
-    gen, module, policy = side._generation, side.module, side.policy
-    undo: list[tuple[Any, str, Any, bool]] = []
-
-    def patch(obj: Any, name: str, value: Any) -> None:
-        undo.append((obj, name, getattr(obj, name), name in vars(obj)))
-        setattr(obj, name, value)
-
-    for lever in names:
-        if lever == "no-lm-head-checkpoint":
-            patch(gen, "checkpoint", lambda fn, *a, use_reentrant=False: fn(*a))
-        elif lever == "no-shared-prefix":
-
-            def full_forward(*a, _real=policy.sequence_logprobs, **k):
-                return _real(*a, **{**k, "shared_prefix": False})
-
-            patch(policy, "sequence_logprobs", full_forward)
-        elif lever == "no-visual-reuse":
-
-            def drop_features(*a, _real=policy.generate_group, **k):
-                rollout = _real(*a, **k)
-                rollout.visual_features = None  # the training passes encode the frames again
-                return rollout
-
-            patch(policy, "generate_group", drop_features)
-        elif lever == "no-merge":
-            patch(module.grpo_cfg, "merge_adapter_for_sampling", False)
-        elif lever == "ref-micro-batch":
-            patch(module, "no_grad_chunk_factor", 1)
-        elif lever:
-            raise ValueError(f"unknown lever {lever!r}")
-    try:
-        yield
-    finally:
-        for obj, name, value, own in reversed(undo):
-            if own:
-                setattr(obj, name, value)
-            else:
-                delattr(obj, name)
-
-
-# --------------------------------------------------------------------------------------------------------- TRL
-def trl_dataset(samples: list, rows: int):
-    from datasets import Dataset
-
-    def prompt(s):
-        return [
-            {"role": "user", "content": [*({"type": "image"} for _ in s.frames), {"type": "text", "text": s.prompt}]}
-        ]
-
-    data = [{"prompt": prompt(s), "images": s.frames, "target": json.dumps(TARGET)} for s in samples]
-    return Dataset.from_list([data[i % len(data)] for i in range(rows)])
-
-
-def reward_fn(prompts, completions, target, **kwargs) -> list[float]:
-    """lit3drft's ``score_completions`` in TRL's reward-function signature (conversational completions)."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return score_completions(texts, [json.loads(t) for t in target], RewardConfig()).total.tolist()
-
-
-def build_trl(args: argparse.Namespace, beta: float, samples: list, steps: int, callbacks: list):
-    from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText
-    from trl import GRPOConfig as TRLConfig
-    from trl import GRPOTrainer
-
-    from lit3drft.models.build import load_processor
-
-    mcfg = model_config(args)
-    path = resolve_checkpoint(mcfg)
-    processor = load_processor(path, mcfg)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    vocab = processor.tokenizer.get_vocab()
-    suppress = sorted(vocab[t] for t in ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
-                                         "<|video_pad|>") if t in vocab)  # fmt: skip
-    n = len(samples) * args.generations
-    cfg = TRLConfig(
-        output_dir=str(Path(args.tmp) / "trl"),
-        use_cpu=args.device == "cpu",
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        per_device_train_batch_size=n,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
-        num_generations=args.generations,
-        max_completion_length=args.new_tokens,
-        num_iterations=1,
-        beta=beta,
-        loss_type="dapo",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        learning_rate=LR,
-        max_grad_norm=1.0,
-        max_steps=steps,
-        use_vllm=False,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-        generation_kwargs={"min_new_tokens": args.new_tokens, "suppress_tokens": suppress},
-    )
-    lora = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=lora_target_regex(LORA_TARGETS),
-                      task_type="CAUSAL_LM")  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=cfg, train_dataset=trl_dataset(samples, steps * n),
-                          processing_class=processor, peft_config=lora, callbacks=callbacks)  # fmt: skip
-    perturb_lora(trainer.model)
-    return trainer
-
-
-def trl_timed(trainer, timer: Timer) -> None:
-    """Phase timers on the trainer instance (its methods are looked up through ``self``)."""
-    real_generate = trainer._generate
-
-    def generate(prompts):
-        out = real_generate(prompts)
-        timer.tokens += sum(len(c) for c in out[1])  # completion_ids: one list per completion
-        return out
-
-    trainer._generate = timer.wrap(generate, "generation")
-    trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, "rewards")
-    trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies, "logprobs")
-
-
-def make_callback(on_step):
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t, self.c = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kw):
-            on_step(time.perf_counter() - self.t, time.process_time() - self.c)
-
-    return StepTimer()
+from grpo_bench_common import PHASES, Timer, build_3b_checkpoint, peak_rss_mb, rss_mb  # noqa: E402
+from grpo_bench_lit import LitSide  # noqa: E402
+from grpo_bench_trl import build_trl, make_callback, trl_timed  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------- runners
@@ -430,6 +106,7 @@ def run_both(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
     trainer = build_trl(args, beta, samples, args.warmup + args.steps, [make_callback(on_step)])
     trl_timed(trainer, trl_timer)
     trainer.train()
+    lit.close()
     res = {"beta": beta, "lit3drft": summarise(lit_rows), "trl": summarise(trl_rows), "loss_check": check}
     res["ratio"] = round(res["lit3drft"]["median_step_s"] / res["trl"]["median_step_s"], 3)
     res["ratio_min"] = round(res["lit3drft"]["min_step_s"] / res["trl"]["min_step_s"], 3)
@@ -464,6 +141,7 @@ def run_only(args: argparse.Namespace, beta: float, samples: list) -> dict[str, 
                                                  / extra["baseline"]["median_step_s"], 3)  # fmt: skip
             extra["lever_over_baseline_cpu"] = round(statistics.median(r["cpu"] for r in rows)
                                                      / extra["baseline"]["median_cpu_s"], 3)  # fmt: skip
+        lit.close()
     else:
         timer = Timer()
         state = {"step": 0}
@@ -492,40 +170,6 @@ def subprocess_run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# ------------------------------------------------------------------------------------------------ 3B preset
-def build_3b_checkpoint(args: argparse.Namespace) -> Path:
-    """A Qwen2.5-VL-3B-shaped checkpoint with random bf16 weights and the tiny preset's processor (cached)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from lit3drft.models.build import load_processor
-    from lit3drft.models.tiny import SPECIAL_TOKENS, tiny_model_config
-
-    tiny = ModelConfig(preset="tiny")
-    out = Path(args.tmp) / "qwen2_5_vl_3b_random"
-    if (out / "config.json").exists():
-        return out
-    processor = load_processor(resolve_checkpoint(tiny), tiny)
-    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    shape = ModelConfig(preset="tiny", tiny_hidden_size=2048, tiny_layers=36, tiny_heads=16,
-                        tiny_intermediate_size=11008, tiny_vision_hidden_size=1280, tiny_vision_depth=32)  # fmt: skip
-    config = tiny_model_config(shape, 151936, ids)  # Qwen2.5-VL-3B: vocab 151,936, tied embeddings
-    config.text_config.num_key_value_heads = 2
-    config.vision_config.update({"intermediate_size": 3420, "num_heads": 16, "fullatt_block_indexes": [7, 15, 23, 31]})
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly (fp32 would be 15 GB)
-    try:
-        with torch.device(args.device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    del model
-    return out
 
 
 def run_3b(args: argparse.Namespace, samples: list) -> list[dict[str, Any]]:
@@ -561,6 +205,7 @@ def run_3b(args: argparse.Namespace, samples: list) -> list[dict[str, Any]]:
                             **summarise(rows), "check": check, "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                             "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)})  # fmt: skip
             print(json.dumps(results[-1]), flush=True)
+            lit.close()
             del lit
             gc.collect()
     return results

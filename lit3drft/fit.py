@@ -19,7 +19,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +150,6 @@ def build_module(cfg: RunConfig, policy: Any, stage: StageConfig, dm: Any) -> Po
     if stage.kind == "pretrain":
         return PretrainModule(pretrain_cfg=cfg.pretrain, **kwargs)
     return GRPOModule(grpo_cfg=cfg.grpo, **kwargs)
-
-
-# Frozen parts (the vision tower and merger under freeze_vision/freeze_merger, peft's base layers) stay in eval mode
-# on purpose (Policy.train); PolicyModule.on_fit_start warns about any *trainable* module left in eval mode instead.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path, name: str, stage: StageConfig | None) -> L.Trainer:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
         return (step + 1) / (warmup + 1)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# Frozen parts (the vision tower and merger under freeze_vision/freeze_merger, peft's base layers) stay in eval mode
+# on purpose (Policy.train); PolicyModule.on_fit_start warns about any *trainable* module left in eval mode instead.
+# Here, not in fit.py, so that every Trainer fitting a PolicyModule (benchmarks, notebooks) gets it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class PolicyModule(L.LightningModule):
