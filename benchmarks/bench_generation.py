@@ -6,8 +6,7 @@ every prompt, frames included, through ``model.generate``. Both run here in the 
 model (the tiny preset by default, LoRA attached), sampling at temperature 1 with the vision special tokens
 suppressed, and the ratio is printed (last line: ``ratio: N.NNx``, generate_group over plain generate). Also
 timed: generate_group with ``model.lean_decode`` off (one transformers forward per token: the decode loop before
-issue 16) and with the lean step's projections left unfused (``decode.FUSE_ON`` empty). Repeats alternate the
-four; medians are reported.
+issue 16). Repeats alternate the three; medians are reported.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_generation.py            # G=8, 64 tokens, 4 frames
     .venv/bin/python benchmarks/bench_generation.py --pretrained /path/Qwen2.5-VL-3B-Instruct --device cuda
@@ -27,9 +26,7 @@ import torch
 from PIL import Image
 
 from lit3drft.data.sample import Sample
-from lit3drft.models import ModelConfig, build_policy, decode
-
-FUSE_ON = set(decode.FUSE_ON)
+from lit3drft.models import ModelConfig, build_policy
 
 
 def make_samples(n: int, frames: int, size: int, seed: int = 0) -> list[Sample]:
@@ -65,9 +62,8 @@ def repeat_prompts(batch: dict, g: int) -> dict:
     return out
 
 
-def run_group(policy, samples, g: int, new_tokens: int, lean: bool = True, fuse: bool = True) -> tuple[float, int]:
+def run_group(policy, samples, g: int, new_tokens: int, lean: bool = True) -> tuple[float, int]:
     policy.cfg = dataclasses.replace(policy.cfg, lean_decode=lean)
-    decode.FUSE_ON = FUSE_ON if fuse else set()
     t = time.perf_counter()
     r = policy.generate_group(samples, num_generations=g, max_new_tokens=new_tokens, temperature=1.0)
     return time.perf_counter() - t, int(r.completion_mask.sum())
@@ -108,12 +104,10 @@ def main() -> None:
         for lean in (True, False):  # warm-up (first use of each shape is slow)
             run_group(policy, samples, g, n, lean)
         run_plain(policy, samples, g, n)
-        group, unfused, hf_step, plain = [], [], [], []
-        for _ in range(args.repeats):  # the four alternate, so load drifts hit them alike
+        group, hf_step, plain = [], [], []
+        for _ in range(args.repeats):  # the three alternate, so load drifts hit them alike
             t, k = run_group(policy, samples, g, n, lean=True)
             group.append(k / t)
-            t, k = run_group(policy, samples, g, n, lean=True, fuse=False)
-            unfused.append(k / t)
             t, k = run_group(policy, samples, g, n, lean=False)
             hf_step.append(k / t)
             t, k = run_plain(policy, samples, g, n)
@@ -129,11 +123,9 @@ def main() -> None:
         "frames": args.frames,
         "frame_size": args.size,
         "generate_group_tok_s": round(med(group), 1),
-        "generate_group_unfused_tok_s": round(med(unfused), 1),
         "generate_group_hf_step_tok_s": round(med(hf_step), 1),
         "plain_generate_tok_s": round(med(plain), 1),
         "lean_vs_hf_step": round(med(group) / med(hf_step), 2),
-        "fused_vs_unfused": round(med(group) / med(unfused), 2),
         "ratio": round(med(group) / med(plain), 2),
     }
     print(json.dumps(res))

@@ -14,10 +14,6 @@ The maths is HF's own: its rotary module and ``apply_rotary_pos_emb``, RMSNorms,
 attention of the single query is softmax(q k^T * scaling) v over the unmasked keys with grouped heads folded
 into the query axis (``_attend``: two small matmuls, cheaper on CPU than ``scaled_dot_product_attention`` with a
 mask over a strided cache; equal up to float rounding, tested against HF's step).
-On CPU (``FUSE_ON``), where a decode step of a small model is a few dozen tiny GEMMs and their dispatch, the
-q/k/v projections and the MLP's gate/up projections of every layer are **fused** into one GEMM each, on weights
-concatenated once per rollout; only for plain ``nn.Linear`` layers (or peft layers with the adapter merged
-into them), the others keep their own modules.
 ``supports`` says when the lean step applies (else the caller keeps HF's forward).
 """
 
@@ -27,12 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
-FUSE_ON = {"cpu"}
-"""Device types on which ``LeanDecoder`` fuses projections (a copy of those weights per rollout: cheap next to the
-dispatch cost it saves on CPU; on an accelerator the copy of a 3B model's weights would cost gigabytes)."""
 
 LEAN_ATTENTION = {"Qwen2_5_VLAttention"}
 """Attention classes whose decode step ``LeanDecoder`` reproduces (full attention, q/k/v bias, GQA, mrope).
@@ -88,9 +79,6 @@ class LeanDecoder:
         self.next_pos = next_pos.view(n)
         self.scaling = [layer.self_attn.scaling for layer in lm.layers]
         self.head_dim = head_dim
-        fuse = first.device.type in FUSE_ON
-        self.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")) if fuse else None for layer in lm.layers]
-        self.gate_up = [_fused(layer.mlp, ("gate_proj", "up_proj")) if fuse else None for layer in lm.layers]
 
     @torch.no_grad()
     def step(self, tokens: Tensor, t: int) -> Tensor:
@@ -103,47 +91,16 @@ class LeanDecoder:
         for i, layer in enumerate(lm.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            if self.qkv[i] is not None:
-                weight, bias, sizes = self.qkv[i]
-                q, k, v = F.linear(h, weight, bias).split(sizes, dim=-1)
-            else:
-                q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-            q, k, v = (z.reshape(n, 1, -1, self.head_dim).transpose(1, 2) for z in (q, k, v))
+            q = attn.q_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.k[i, :, :, at] = k[:, :, 0]
             self.v[i, :, :, at] = v[:, :, 0]
             out = _attend(q, self.k[i, :, :, : at + 1], self.v[i, :, :, : at + 1], mask, self.scaling[i])
             x = x + attn.o_proj(out.reshape(n, 1, -1))
-            h = layer.post_attention_layernorm(x)
-            if self.gate_up[i] is not None:
-                weight, bias, sizes = self.gate_up[i]
-                gate, up = F.linear(h, weight, bias).split(sizes, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-            else:
-                x = x + layer.mlp(h)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.lm_head(lm.norm(x))[:, -1]
-
-
-def _plain_linear(module: Any) -> torch.nn.Linear | None:
-    """``module`` as a plain ``nn.Linear``: itself, or a peft layer's base layer when the layer's forward is the base
-    layer's alone (adapter disabled, as in ``Policy.merged_adapter``, or merged into it); ``None`` for anything else
-    (an active unmerged LoRA, 4-bit layers)."""
-    if type(module) is torch.nn.Linear:
-        return module
-    base = getattr(module, "base_layer", None)
-    disabled, merged = bool(getattr(module, "disable_adapters", False)), bool(getattr(module, "merged", False))
-    return base if type(base) is torch.nn.Linear and disabled != merged else None
-
-
-def _fused(parent: Any, names: tuple[str, ...]) -> tuple[Tensor, Tensor | None, list[int]] | None:
-    """Concatenated ``(weight, bias, output sizes)`` of ``parent``'s projections ``names`` (one GEMM for all of
-    them), or ``None`` when one is not a plain linear layer or their biases disagree in presence."""
-    layers = [_plain_linear(getattr(parent, name)) for name in names]
-    if any(m is None for m in layers) or len({m.bias is None for m in layers}) > 1:
-        return None
-    weight = torch.cat([m.weight for m in layers]).detach()
-    bias = None if layers[0].bias is None else torch.cat([m.bias for m in layers]).detach()
-    return weight, bias, [m.out_features for m in layers]
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:

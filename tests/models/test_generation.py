@@ -176,13 +176,11 @@ def test_generation_in_train_mode_with_checkpointing(make_cfg, samples, finetune
     assert (full - r.logprobs)[m].abs().max() < 1e-4
 
 
-@pytest.mark.parametrize(("finetune", "merge", "fused"), [("lora", False, False), ("lora", True, True),
-                                                          ("full", False, True)])  # fmt: skip
-def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lora, finetune, merge, fused,
-                                                   monkeypatch):  # fmt: skip
-    """``model.lean_decode`` (preallocated cache, one mask, projections fused on plain or merged layers) against one
-    transformers forward per token: the same greedy text and the same sampled tokens and log-probs under the same
-    seed, LoRA merged and unmerged, and a full fine-tuning policy."""
+@pytest.mark.parametrize(("finetune", "merge"), [("lora", False), ("lora", True), ("full", False)])
+def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lora, finetune, merge):
+    """``model.lean_decode`` (preallocated cache, one mask) against one transformers forward per token: the same
+    greedy text and the same sampled tokens and log-probs under the same seed, LoRA merged and unmerged, and a full
+    fine-tuning policy (no peft layers)."""
     from dataclasses import replace
 
     from lit3drft.models import decode
@@ -191,17 +189,12 @@ def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lo
     if finetune == "lora":
         perturb_lora(policy, seed=7, scale=0.2)
     assert decode.supports(policy.hf_model)
-    built = []
-    monkeypatch.setattr(decode, "_fused", lambda *a, _f=decode._fused: built.append(_f(*a)) or built[-1])
     out = {}
     for lean in (True, False):
         policy.cfg = replace(policy.cfg, lean_decode=lean)
         torch.manual_seed(3)
         r = policy.generate_group(samples, num_generations=3, max_new_tokens=10, merge_adapter=merge)
-        sampled = list(built)  # the rollout's decoders (greedy generate below never merges)
         out[lean] = (policy.generate(samples, max_new_tokens=10), r)
-        if lean:
-            assert sampled and all((f is not None) == fused for f in sampled)  # fused exactly where it should be
     assert out[True][0] == out[False][0]
     a, b = out[True][1], out[False][1]
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
