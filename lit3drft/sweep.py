@@ -254,9 +254,11 @@ def sweep(
     jobs: int = 1,
     results_dir: str | Path = "results",
     share: bool = True,
+    plan_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or skip, or resume) every selected grid point; return the rows of ``runs.csv`` for them. ``share``:
-    stages that runs have in common are trained once (``lit3drft.shared_stages``)."""
+    stages that runs have in common are trained once (``lit3drft.shared_stages``). ``plan_only``: print the runs
+    and the shared stages, run nothing."""
     overrides = list(overrides or [])
     grid = _sweep_of(path)
     if not grid:
@@ -273,6 +275,11 @@ def sweep(
                 or any(r.get("run") == c.run_name for r in read_rows(results_file(c, results_dir)))}  # fmt: skip
     groups = plan_prefixes(cfgs, skip=finished) if share else []
     print(f"[sweep] {saving_note(groups, cfgs, skip=finished)}" if share else "[sweep] shared stages: off")
+    if plan_only:
+        for g in groups:
+            names = ", ".join(cfgs[i].run_name for i in g.members)
+            print(f"[sweep] shared {g.key}: first {g.stages} stage(s), {g.steps} steps, for {names}")
+        return []
     group_of = {i: g for g in groups for i in g.members}
     locks = {g.key: threading.Lock() for g in groups}
 
@@ -356,9 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--no-share", action="store_true", help="run every point's stages itself (no shared stages)")
+    parser.add_argument("--plan", action="store_true", help="print the runs and the shared stages; run nothing")
     args = parser.parse_intermixed_args(argv)
     try:
-        rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir, share=not args.no_share)
+        rows = sweep(args.config, args.overrides, args.scale, args.jobs, args.results_dir, share=not args.no_share,
+                     plan_only=args.plan)  # fmt: skip
+        if args.plan:
+            return 0
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -132,3 +132,18 @@ def test_sweep_overrides_of_the_grid_itself_are_refused(tmp_path) -> None:
     grid.write_text("experiment: g\nsweep:\n  seed: [0, 1]\n")
     with pytest.raises(ConfigError, match="pin swept keys"):
         sweep_mod.sweep(str(grid), ["sweep.seed=[0]"], results_dir=tmp_path)
+
+
+def test_plan_prints_the_shared_stages_of_a_committed_grid_and_runs_nothing(tmp_path, capsys) -> None:
+    """``--plan``: the strategy arms of one seed and geometry share their SFT stage (sft, sft_sft, sft_rl; not rl)."""
+    from lit3drft.sweep import main
+
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "ablation_strategy.yaml"
+    assert (
+        main([str(grid), "--plan", "--scale", "small", "--results-dir", str(tmp_path), f"output_dir={tmp_path}"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "shared stages: 6 prefixes trained once for 18 runs" in out
+    shared = [line for line in out.splitlines() if line.startswith("[sweep] shared ") and "for strategy=" in line]
+    assert len(shared) == 6 and all("strategy=rl__" not in line and line.count("strategy=") == 3 for line in shared)
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing was written
