@@ -32,10 +32,12 @@ class StepBaton(Callback):
 
     def __init__(self) -> None:
         self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
+        self.ready = threading.Event()  # set once the fit loop waits at its first batch (setup, hooks done)
         self.stop, self.error = False, None
         self.total = self.cpu = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.ready.set()
         self.go.acquire()
         if self.stop:
             trainer.should_stop = True
@@ -140,17 +142,29 @@ class LitSide:
             rollouts.append(real_gen(*a, **k))
             return rollouts[-1]
 
+        real_score = self._grpo_module.score_completions
+
+        def varied_score(texts, targets, cfg):  # rewards with variance in every group: the check is not 0 == 0
+            out = real_score(texts, targets, cfg)
+            out.total = torch.rand(len(texts), generator=torch.Generator().manual_seed(len(texts)))
+            return out
+
+        self.baton.ready.wait()  # the Trainer has taken the KL reference: move the policy away from it
+        perturb_lora(self.policy.model, seed=len(rollouts) + 1)
         self._grpo_module.grpo_loss, self.policy.generate_group = spy_loss, spy_gen
+        self._grpo_module.score_completions = varied_score
         try:
             self.step(lever)
         finally:
             self._grpo_module.grpo_loss, self.policy.generate_group = real_loss, real_gen
+            self._grpo_module.score_completions = real_score
         cat = {
             k: torch.cat([c[k] for c in calls]) if calls[0][k] is not None else None for k in calls[0] if k != "loss"
         }
         reference, _ = grpo_loss(cat["logp"], cat["old"], cat["ref"], cat["adv"], cat["mask"], self.cfg)
         step_loss = torch.stack([c["loss"] for c in calls]).sum()
         torch.testing.assert_close(step_loss, reference, rtol=1e-5, atol=1e-7)
+        assert reference.abs() > 1e-6 and cat["adv"].abs().max() > 0, "the loss check compared zeros"
         # the rollout's sampling-time log-probs vs the training forward's (before the optimiser step)
         rollout = rollouts[-1]
         m = rollout.completion_mask.bool()
