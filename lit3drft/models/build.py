@@ -89,7 +89,26 @@ def load_model(path: Path, cfg: ModelConfig) -> nn.Module:
         )
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    if cfg.mrope_section is not None:
+        kwargs["config"] = with_mrope_section(path, cfg.mrope_section)
     return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+def with_mrope_section(path: Path, section: list[int]) -> Any:
+    """The checkpoint's config with its text model's M-RoPE sections replaced (``model.mrope_section``)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    text = getattr(config, "text_config", config)
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    if "mrope_section" not in rope:
+        raise ValueError(f"model.mrope_section={section}: {path} has no M-RoPE (rope_parameters: {rope})")
+    half = (getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads) // 2
+    if len(section) != 3 or sum(section) != half or min(section) < 0:
+        raise ValueError(f"model.mrope_section={section}: needs 3 non-negative sizes summing to half the head size "
+                         f"({half}) of {path}")  # fmt: skip
+    text.rope_parameters = {**rope, "mrope_section": [int(v) for v in section]}
+    return config
 
 
 def lora_target_regex(names: list[str]) -> str:

@@ -79,6 +79,12 @@ class ModelConfig:
     """Freeze the geometry prior (encoder and merger)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
+    mrope_section: list[int] | None = None
+    """Override the checkpoint's M-RoPE sections ``[t, h, w]`` (rotary frequency pairs per axis, highest frequencies
+    first; they must sum to half the head size). Text tokens have equal t/h/w positions, so text attention does not
+    change; visual tokens do. None: the checkpoint's own. The tiny preset's default ``[8, 12, 12]`` (Qwen's split)
+    leaves the width axis the 12 lowest frequencies: 3 columns of a 4x4 frame differ by 5e-4 rad, so the language
+    model cannot tell left from right by position (issue 14)."""
     lean_decode: bool = True
     """Sample and decode greedily with ``lit3drft.models.decode.LeanDecoder`` (preallocated KV cache, masks and
     positions computed once; same modules and maths as transformers) where the model supports it; false: one

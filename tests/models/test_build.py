@@ -71,3 +71,20 @@ def test_full_finetune_freezing(make_cfg):
     assert all(g for n, g in grad.items() if "language_model" in n)
     hf = policy.hf_model
     assert getattr(hf, "is_activation_checkpointing", None) or hf.is_gradient_checkpointing
+
+
+def test_mrope_section_override_moves_visual_positions_only(make_cfg, samples):
+    """``model.mrope_section``: the same weights with other M-RoPE sections give the same logits on text (t/h/w
+    positions are equal there) and different ones on frames; a split that does not fill the head is refused."""
+    plain = build_policy(make_cfg(finetune="full")).eval()
+    moved = build_policy(make_cfg(finetune="full", mrope_section=[1, 3, 12])).eval()
+    assert moved.hf_model.model.language_model.rotary_emb.mrope_section == [1, 3, 12]
+    assert plain.hf_model.model.language_model.rotary_emb.mrope_section != [1, 3, 12]
+    ids = plain.tokenizer("left or right of the bed?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(plain.hf_model(input_ids=ids).logits, moved.hf_model(input_ids=ids).logits)
+        batch = plain.to_device(plain.collate(samples[:2], with_answer=True))
+        gap = (plain(batch).logits - moved(batch).logits).abs().max()
+    assert gap > 1e-4
+    with pytest.raises(ValueError, match=r"model.mrope_section=\[1, 3, 11\].*half the head size \(16\)"):
+        build_policy(make_cfg(mrope_section=[1, 3, 11]))
