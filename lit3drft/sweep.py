@@ -174,6 +174,25 @@ def _append_row_locked(path: Path, row: dict[str, Any]) -> bool:
     if any(r.get("run") == row["run"] for r in rows):
         return False
     rows.append({k: "" if v is None else v for k, v in row.items()})
+    _write_rows(path, rows)
+    return True
+
+
+def order_rows(path: Path, names: list[str]) -> None:
+    """Rewrite ``path`` with the rows of ``names`` in that order (the grid's), after any other rows: concurrent
+    jobs append in the order they finish, and a table's row order should not depend on which run was faster."""
+    if not path.exists():
+        return
+    with open(path.parent / ".runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = read_rows(path)
+        rank = {n: i for i, n in enumerate(names)}
+        ordered = sorted(rows, key=lambda r: (r.get("run") in rank, rank.get(r.get("run"), 0)))
+        if ordered != rows:
+            _write_rows(path, ordered)
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for r in rows:
         columns += [c for c in r if c not in columns]
@@ -187,7 +206,6 @@ def _append_row_locked(path: Path, row: dict[str, Any]) -> bool:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return True
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -326,6 +344,8 @@ def sweep(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         rows = list(pool.map(lambda t: one(t[0], *t[1]), enumerate(tasks)))
+    if cfgs:
+        order_rows(results_file(cfgs[0], results_dir), [c.run_name for c in cfgs])
     failed = sum(r is None for r in rows)
     if failed:
         print(f"[sweep] {failed} run(s) failed; re-run the same command to retry them", file=sys.stderr)

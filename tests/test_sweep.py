@@ -11,6 +11,7 @@ from lit3drft.config import ConfigError, load_config
 from lit3drft.sweep import (
     append_row,
     expand_grid,
+    order_rows,
     point_configs,
     point_overrides,
     read_rows,
@@ -63,6 +64,14 @@ def test_rows_are_appended_once_and_atomically(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".runs.*.tmp"))  # no temporary file left behind
     with open(path) as fh:
         assert len(list(csv.reader(fh))) == 3
+
+
+def test_rows_end_in_grid_order_whichever_run_finished_first(tmp_path: Path) -> None:
+    path = tmp_path / "exp" / "runs.csv"
+    for run in ("other", "c", "a", "b"):  # "other": a row of an earlier grid, kept first
+        append_row(path, {"run": run, "test/f1": len(run)})
+    order_rows(path, ["a", "b", "c"])
+    assert [(r["run"], r["test/f1"]) for r in read_rows(path)] == [("other", "5"), ("a", "1"), ("b", "1"), ("c", "1")]
 
 
 def test_scale_shrinks_steps_not_the_grid() -> None:
