@@ -34,7 +34,8 @@ prompt once per distinct prompt of a micro-batch with the completions through it
 ``no-visual-reuse`` (the training passes encode the frames again instead of reusing the features kept from
 sampling), ``no-merge`` (sample through the unmerged LoRA layers), ``ref-micro-batch`` (the no-grad reference
 pass in micro-batches instead of ``GRPOModule.no_grad_chunk_factor`` micro-batches per forward),
-``no-lm-head-checkpoint`` (no activation checkpoint around the LM-head chunk). All four of the first together
+``no-merged-reference`` (the reference pass through the unmerged reference adapter instead of folded into the
+base weights), ``no-lm-head-checkpoint`` (no activation checkpoint around the LM-head chunk). All four of the first together
 with ``--micro-batch 4`` reproduce the step as it was before issue 8's changes.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_grpo_step.py --only lit3drft --betas 0.04 --lever no-shared-prefix

@@ -222,6 +222,8 @@ def levers(side: LitSide, names: list[str]):
             patch(policy, "generate_group", drop_features)
         elif lever == "no-merge":
             patch(module.grpo_cfg, "merge_adapter_for_sampling", False)
+        elif lever == "no-merged-reference":
+            patch(module, "merge_reference", False)
         elif lever == "ref-micro-batch":
             patch(module, "no_grad_chunk_factor", 1)
         elif lever:

@@ -108,18 +108,20 @@ def test_the_shipped_base_is_a_small_bf16_hf_directory_that_the_tiny_experiments
     assert (ROOT / "results" / "pretrain_tiny" / "README.md").read_text().count("commit") >= 1
 
 
-def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_path, caplog) -> None:
-    """``model.geometry: depth`` in pretraining: the trained prior is exported beside the HF weights and loaded by a
-    run with the same prior; a run without it is told that it leaves the prior unused; another width is refused."""
+@pytest.mark.parametrize("kind", ["depth", "points"])
+def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_path, caplog, kind) -> None:
+    """``model.geometry: depth`` (or ``points``) in pretraining: the trained prior is exported beside the HF weights
+    and loaded by a run with the same prior; a run without it is told that it leaves the prior unused; another
+    width is refused."""
     cfg = _cfg(
-        run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.vision_warmup_steps=0", "model.geometry=depth"
+        run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.vision_warmup_steps=0", f"model.geometry={kind}"
     )
     fit.fit(cfg)
     hf = tmp_path / "pretrain_tiny" / "run" / "stages" / "0-pretrain" / fit.PRETRAINED_DIR
     trained = torch.load(hf.parent / "trainable.pt")
     geo = {k.removeprefix("geometry."): v for k, v in trained.items() if k.startswith("geometry.")}
     assert geo and any(v.abs().sum() > 0 for k, v in geo.items() if k.startswith("merger.mlp.2"))  # left zero-init
-    model = ModelConfig(preset="", pretrained=str(hf), finetune="full", geometry="depth")
+    model = ModelConfig(preset="", pretrained=str(hf), finetune="full", geometry=kind)
     policy = build_policy(model)
     for name, value in policy.geometry.state_dict().items():
         assert torch.equal(value, geo[name].to(torch.bfloat16).float()), name
@@ -128,6 +130,46 @@ def test_a_base_pretrained_with_the_depth_prior_carries_it(run_overrides, tmp_pa
     assert "leaves unused" in caplog.text
     with pytest.raises(ValueError, match="geometry_dim"):
         build_policy(replace_model(model, geometry_dim=model.geometry_dim * 2))
+
+
+def test_the_geometry_prior_gets_its_own_learning_rate(run_overrides, tmp_path) -> None:
+    """``pretrain.geometry_lr_scale``: the prior's parameters (and only they) in a group at lr x vision x geometry
+    scale, every trainable parameter in exactly one group; a multiplier <= 0 is refused naming the key."""
+    cfg = _cfg(run_overrides, tmp_path, "model.geometry=points", "pretrain.vision_lr_scale=2",
+               "pretrain.geometry_lr_scale=10")  # fmt: skip
+    policy = build_policy(cfg.model)
+    kwargs = {"policy": policy, "stage": cfg.stages[0], "reward_cfg": cfg.reward, "eval_cfg": cfg.eval,
+              "detection_classes": []}  # fmt: skip
+    groups = PretrainModule(pretrain_cfg=cfg.pretrain, **kwargs).param_groups()
+    lr = cfg.stages[0].lr
+    assert [g.get("lr", lr) for g in groups] == [lr, 2 * lr, 20 * lr]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert {id(p) for p in policy.parameters() if p.requires_grad} <= set(ids)
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in policy.geometry.parameters()}
+    plain = PretrainModule(pretrain_cfg=replace_model(cfg.pretrain, geometry_lr_scale=1.0), **kwargs).param_groups()
+    assert len(plain) == 2  # without the multiplier the optimiser keeps its two groups (checkpoints resume)
+    with pytest.raises(ValueError, match="pretrain.geometry_lr_scale=0"):
+        fit.fit(_cfg(run_overrides, tmp_path, "pretrain.geometry_lr_scale=0", "stages.0.max_steps=1"))
+
+
+def test_a_fresh_geometry_prior_starts_at_a_fraction_of_the_visual_tokens_norm(run_overrides, tmp_path) -> None:
+    from lit3drft.modules.pretrain import scale_geometry_prior
+
+    cfg = _cfg(run_overrides, tmp_path, "model.geometry=points")
+    policy = build_policy(cfg.model)
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 4)
+    inputs = collate_perception([data[0], data[1]], policy)["inputs"]
+    b = policy.to_device(inputs)
+    plain = torch.cat(policy.encode_visual(b)["image"])
+    visual, start = scale_geometry_prior(policy, inputs, 0.5)
+    assert visual == pytest.approx(float(plain.norm(dim=-1).mean()), rel=1e-5) and start == pytest.approx(visual / 2)
+    with torch.no_grad():
+        added = torch.cat(policy.encode_visual(b)["image"]) - plain
+    assert float(added.norm(dim=-1).mean()) == pytest.approx(visual / 2, rel=1e-4)
+    assert scale_geometry_prior(policy, inputs, 0.5) is None  # not fresh any more: trained weights are kept
+    with pytest.raises(ValueError, match="pretrain.geometry_init_ratio=-1"):
+        fit.fit(_cfg(run_overrides, tmp_path, "pretrain.geometry_init_ratio=-1", "stages.0.max_steps=1"))
 
 
 def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides, tmp_path) -> None:

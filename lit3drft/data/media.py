@@ -47,6 +47,15 @@ def _read_depth(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path), dtype=np.float32) / 1000.0  # uint16 millimetres (ScanNet)
 
 
+def _read_pose(path: Path) -> np.ndarray:
+    """A 4x4 camera-to-world text file (ScanNet's ``pose/<frame>.txt``); a non-finite one (ScanNet marks lost
+    tracking with ``-inf``) or another shape is refused."""
+    pose = np.loadtxt(path, dtype=np.float64)
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise ValueError(f"not a finite 4x4 camera-to-world pose (shape {pose.shape})")
+    return pose
+
+
 def _video_depth_path(directory: Path, frame: int) -> Path:
     """``<directory>/<frame:05d>.png``, or ``.npy`` when only that exists (the error then names the ``.png``)."""
     png = directory / f"{frame:05d}.png"
@@ -75,8 +84,11 @@ def load_sample(
     else:
         frames = [_read_media(root / p, where, _read_rgb) for p in rec.images]
     depth = [_read_media(root / p, where, _read_depth) for p in rec.depths] if load_depth and rec.depths else None
+    cam2world = None if rec.cam2world is None else np.asarray(rec.cam2world)
     if load_depth and rec.video and rec.depth_dir:
         depth = [_read_media(_video_depth_path(root / rec.depth_dir, i), where, _read_depth) for i in idx]
+        if rec.pose_dir:
+            cam2world = np.stack([_read_media(root / rec.pose_dir / f"{i:05d}.txt", where, _read_pose) for i in idx])
     if image_size:
         frames = [f.resize(tuple(image_size), Image.BILINEAR) for f in frames]
     target = {"task": rec.task, "mode": mode, **rec.target}
@@ -85,5 +97,5 @@ def load_sample(
         answer=P.format_answer(rec.answer, mode, rec.think), target=target, mode=mode,
         frame_labels=rec.frame_labels, depth=depth,
         intrinsics=None if rec.intrinsics is None else np.asarray(rec.intrinsics),
-        cam2world=None if rec.cam2world is None else np.asarray(rec.cam2world), meta=meta,
+        cam2world=cam2world, meta=meta,
     )  # fmt: skip

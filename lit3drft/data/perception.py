@@ -93,7 +93,15 @@ class PretrainConfig:
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
     vision_lr_scale: float = 1.0
-    """Learning-rate multiplier of the vision tower, its merger and the dense heads."""
+    """Learning-rate multiplier of the vision tower, its merger, the geometry prior and the dense heads."""
+    geometry_init_ratio: float = 0.0
+    """Above 0, a fresh geometry prior (output layer all zero) starts instead with a random output layer scaled so
+    that its tokens' mean norm is this fraction of the visual tokens' (measured on one batch before the first step):
+    added at zero, the prior is invisible next to visual tokens of norm ~100 and its gradient is noise (measured:
+    output norm 2.6 after 300 steps at 10x lr). 0 keeps the zero start (the model unchanged at step 0)."""
+    geometry_lr_scale: float = 1.0
+    """A further multiplier for the geometry prior (``model.geometry``): its output layer starts at zero and must
+    grow to the scale of the visual tokens it is added to (norm ~100 in the embedded base) to be seen at all."""
 
 
 def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
@@ -248,7 +256,8 @@ class PerceptionDataset(Dataset):
                                    self.mode),  # fmt: skip
             target={"task": "detection", "mode": self.mode, "boxes": boxes, "labels": labels},
             mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level, "box2d": box2d},
-            depth=[r[1] for r in rendered], intrinsics=scene.intrinsics,  # for model.geometry: depth
+            depth=[r[1] for r in rendered], intrinsics=scene.intrinsics,  # for model.geometry: depth, points
+            cam2world=scene.cam2world[frames],
         )  # fmt: skip
         if c.inventory_share <= u < c.inventory_share + c.box2d_share:
             sample = box2d_sample(sample)
@@ -278,6 +287,12 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (cfg.inventory_share >= 0 and cfg.box2d_share >= 0 and cfg.inventory_share + cfg.box2d_share <= 1):
             raise ValueError(f"pretrain.inventory_share={cfg.inventory_share}, pretrain.box2d_share={cfg.box2d_share}: "
                              "each in [0, 1], summing to at most 1")  # fmt: skip
+        if not cfg.geometry_init_ratio >= 0:
+            raise ValueError(f"pretrain.geometry_init_ratio={cfg.geometry_init_ratio}: must be >= 0 (0: zero start)")
+        scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}
+        for key, value in scales.items():
+            if not value > 0:  # NaN fails too
+                raise ValueError(f"pretrain.{key}={value}: a learning-rate multiplier must be > 0")
         bad = [lv for lv in [*cfg.levels, cfg.val_level or synth.level] if lv not in LEVELS]
         if bad or not cfg.levels:
             raise ValueError(f"pretrain.levels={cfg.levels}, pretrain.val_level={cfg.val_level}: valid levels are "

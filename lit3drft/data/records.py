@@ -37,6 +37,8 @@ class Record:
     num_frames: int = 0
     depth_dir: str = ""
     """Video rows: the directory of per-frame depth maps (relative to the media root)."""
+    pose_dir: str = ""
+    """Video rows: the directory of per-frame camera-to-world poses, ``<frame:05d>.txt`` (relative to the media root)."""
     frame_labels: list[str] | None = None
     intrinsics: list | None = None
     cam2world: list | None = None

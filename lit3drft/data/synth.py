@@ -10,6 +10,8 @@ Layout under ``--out`` (paths in rows are relative to it)::
     manifest.json                        generator config, splits (scene names), row counts; written last
     scenes/<scene>/frames/00000.png      RGB frames
     scenes/<scene>/depth/00000.png       depth, uint16 millimetres (ScanNet's convention)
+    scenes/<scene>/pose/00000.txt        camera-to-global 4x4 pose, text (ScanNet's convention; added 2026-12-02
+                                         for the ``points`` geometry prior: data rendered before lacks it)
     scenes/<scene>/instances.npz         ``inst`` (F, H, W) uint8: 0 room, i + 1 object i, 255 occluder
     scenes/<scene>/scene.json            room, objects (world boxes, category ids), intrinsics, cam2world, axis_align,
                                          visibility
@@ -144,9 +146,11 @@ def write_scene(out: Path, scene: Scene, rgb: np.ndarray, depth: np.ndarray, ins
     base = out / "scenes" / scene.name
     (base / "frames").mkdir(parents=True, exist_ok=True)
     (base / "depth").mkdir(parents=True, exist_ok=True)
-    for i, (im, d) in enumerate(zip(rgb, depth)):
+    (base / "pose").mkdir(parents=True, exist_ok=True)
+    for i, (im, d, pose) in enumerate(zip(rgb, depth, scene.cam2global)):
         Image.fromarray(im).save(base / "frames" / f"{i:05d}.png", optimize=False)
         Image.fromarray(np.clip(np.round(d * 1000), 0, 65535).astype(np.uint16)).save(base / "depth" / f"{i:05d}.png")
+        np.savetxt(base / "pose" / f"{i:05d}.txt", pose, fmt="%.9f")
     save_npz(base / "instances.npz", inst=inst)
     (base / "scene.json").write_text(json.dumps(scene_json(scene)))
     write_video(out / "videos" / DATASET / f"{scene.name}.mp4", rgb, fps)

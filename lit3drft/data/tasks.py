@@ -340,9 +340,10 @@ BUILDERS = {
 
 
 def vsi_depth_fields(scene_name: str, intrinsics: np.ndarray) -> dict:
-    """lit3drft's extension of a VSI-Bench row (not in the benchmark): per-video-frame depth for the depth
-    geometry prior, relative to the VSI-Bench media root (``<root>/videos``), and its intrinsics."""
-    return {"depth_dir": f"../scenes/{scene_name}/depth", "cam2img": _m(intrinsics)}
+    """lit3drft's extension of a VSI-Bench row (not in the benchmark): per-video-frame depth and camera poses for
+    the geometry priors, relative to the VSI-Bench media root (``<root>/videos``), and the depth intrinsics."""
+    return {"depth_dir": f"../scenes/{scene_name}/depth", "pose_dir": f"../scenes/{scene_name}/pose",
+            "cam2img": _m(intrinsics)}  # fmt: skip
 
 
 def spatial_rows(scene: Scene, rng: np.random.Generator, per_type: int, min_px: int) -> list[dict]:

@@ -19,7 +19,9 @@ def vsibench_record(
     ``depth_dir`` (relative to ``video_root``: one depth map per video frame, ``<frame index:05d>.png`` in
     uint16 millimetres or ``.npy`` in metres) and ``cam2img`` (3x3 or 4x4 intrinsics *of the depth maps*, at
     their resolution: the ray maps are built on the depth pixel grid; ScanNet's depth camera differs from its
-    colour camera). The embedded benchmark writes both; rows without them load no depth.
+    colour camera). A third, ``pose_dir`` (beside ``depth_dir``: ``<frame index:05d>.txt``, a 4x4 camera-to-world
+    pose as ScanNet's ``pose/`` files), gives the ``points`` prior the frames' poses. The embedded benchmark writes
+    all three; rows without them load no depth (or no poses).
     """
     if not isinstance(row, dict):
         raise BadSampleError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
@@ -57,11 +59,14 @@ def vsibench_record(
     intrinsics = _intrinsics(row.get("cam2img"), where)
     if bool(depth_dir) != (intrinsics is not None):
         raise BadSampleError(f"{where}: depth_dir and cam2img go together (the depth prior needs both)")
+    pose_dir = row.get("pose_dir") or ""
+    if not isinstance(pose_dir, str) or (pose_dir and not depth_dir):
+        raise BadSampleError(f"{where}: pose_dir must be a path beside depth_dir, got {pose_dir!r}")
     meta = {"source": source, "file": where.rsplit(":", 1)[0], "dataset": str(row["dataset"]),
             "scene_name": str(row["scene_name"]), "question_type": qtype}  # fmt: skip
     return Record(
         id=f"{source}/{row.get('id', _row_index(where, index))}", task="spatial", prompt=P.vsi_prompt(question, options),
         answer=answer, think=str(row.get("think") or ""),
         target={"question_type": qtype, "ground_truth": gt, "options": options}, video=str(video),
-        num_frames=frames, depth_dir=depth_dir, intrinsics=intrinsics, meta=meta,
+        num_frames=frames, depth_dir=depth_dir, pose_dir=pose_dir, intrinsics=intrinsics, meta=meta,
     )  # fmt: skip

@@ -263,8 +263,9 @@ def export_pretrained(policy: Policy, path: str | Path, dtype: torch.dtype = tor
     generation config) that ``model.pretrained`` loads like a downloaded checkpoint. Adapters are merged first.
     A trained ``depth`` prior is written beside it (``GEOMETRY_FILE``), which ``build_policy`` loads when the run
     has the same ``model.geometry``; a frozen ``vggt`` prior is not exported (its checkpoint is external)."""
-    if policy.geometry is not None and policy.cfg.geometry != "depth":
-        raise NotImplementedError(f"export_pretrained: model.geometry={policy.cfg.geometry} (only depth is exported)")
+    if policy.geometry is not None and policy.cfg.geometry not in ("depth", "points"):
+        raise NotImplementedError(f"export_pretrained: model.geometry={policy.cfg.geometry} (only depth and points "
+                                  "priors are exported)")  # fmt: skip
     path = Path(path)
     if policy.geometry is not None:
         from safetensors.torch import save_file

@@ -6,6 +6,10 @@ Here the encoder is pluggable:
 - ``none``: no module at all; the policy is exactly the plain Qwen model.
 - ``depth``: a small trainable encoder over per-frame depth and camera-ray maps (``Sample.depth`` and
   ``Sample.intrinsics``; the synthetic benchmark renders them, real data can supply sensor depth).
+- ``points``: the same encoder over point maps: every pixel's 3D point in the **first frame's camera**
+  (from depth, intrinsics and the frames' poses, ``Sample.cam2world``), which is what VGGT's point head
+  predicts from RGB alone; here it comes from the source's depth and poses (ScanNet's RGB-D sensor and
+  its camera trajectory; the renderer's for the embedded benchmark), an oracle-geometry stand-in for VGGT.
 - ``vggt``: a frozen VGGT aggregator loaded from a local checkpoint (needs the ``vggt`` package and weights).
 
 Alignment with Qwen's tokens: the image processor flattens each frame into patches ordered
@@ -23,11 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GEOMETRY_CHANNELS = 4
-"""Input channels per pixel of the ``depth`` encoder: log(1 + depth) and the unit camera-ray direction."""
+"""Input channels per pixel of the ``depth`` encoder (log(1 + depth) and the unit camera-ray direction) and of the
+``points`` encoder (the first camera's x, y, z and log(1 + depth))."""
 
 
 def depth_ray_map(depth: np.ndarray, intrinsics: np.ndarray) -> Tensor:
-    """``(4, H, W)`` map: ``log1p(depth)`` and the unit ray ``K^-1 [u, v, 1]`` of each pixel centre.
+    """``(4, H, W)`` map: ``log1p(depth)`` and the unit ray ``K^-1 [u, v, 1]`` of each pixel centre (pixel ``(u, v)``
+    has its centre at the integer coordinates ``(u, v)``, the OpenCV/ScanNet convention the renderer's intrinsics use:
+    ``cx = (W - 1) / 2``).
 
     Example:
         >>> m = depth_ray_map(np.full((4, 6), 2.0, np.float32), np.array([[3.0, 0, 3], [0, 3.0, 2], [0, 0, 1]]))
@@ -35,12 +42,35 @@ def depth_ray_map(depth: np.ndarray, intrinsics: np.ndarray) -> Tensor:
         (torch.Size([4, 4, 6]), 1.0, 1.0986)
     """
     h, w = depth.shape
-    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")  # pixel centres at integers (OpenCV)
     pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1).double()
     rays = torch.linalg.inv(torch.as_tensor(intrinsics, dtype=torch.float64)) @ pix
     rays = (rays / rays.norm(dim=0, keepdim=True)).reshape(3, h, w).float()
     d = torch.log1p(torch.as_tensor(depth, dtype=torch.float32).clamp_min(0)).unsqueeze(0)
     return torch.cat([d, rays])
+
+
+def point_map(depth: np.ndarray, intrinsics: np.ndarray, cam2world: np.ndarray, first2world: np.ndarray) -> Tensor:
+    """``(4, H, W)`` map: each pixel's 3D point (metres) in the camera of ``first2world`` and ``log1p(depth)``.
+
+    ``depth`` is camera depth (z, OpenCV convention), ``cam2world`` the frame's pose, ``first2world`` the first
+    frame's: every frame's points share one coordinate system, the one detection boxes are given in.
+
+    Example:
+        >>> k = np.array([[2.0, 0, 2], [0, 2.0, 2], [0, 0, 1]])
+        >>> shifted = np.eye(4); shifted[0, 3] = 1.0  # this frame's camera sits 1 m right of the first's
+        >>> m = point_map(np.full((4, 4), 3.0, np.float32), k, shifted, np.eye(4))
+        >>> [round(float(v), 3) for v in m[:3, 3, 3]]  # pixel (3, 3): 1.5 m right of and below the axis
+        [2.5, 1.5, 3.0]
+    """
+    h, w = depth.shape
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")  # pixel centres at integers (OpenCV)
+    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1).double()
+    z = torch.as_tensor(depth, dtype=torch.float64).clamp_min(0).reshape(1, -1)
+    cam = (torch.linalg.inv(torch.as_tensor(intrinsics, dtype=torch.float64)) @ pix) * z
+    rel = torch.linalg.inv(torch.as_tensor(first2world, dtype=torch.float64)) @ torch.as_tensor(cam2world).double()
+    pts = (rel[:3, :3] @ cam + rel[:3, 3:]).reshape(3, h, w).float()
+    return torch.cat([pts, torch.log1p(z.float()).reshape(1, h, w)])
 
 
 def geometry_patches(entries: list[list[Tensor]], grid_thw: Tensor, patch: int, merge: int, temporal: int) -> Tensor:
@@ -147,8 +177,8 @@ def build_geometry_encoder(
     """The encoder for ``model.geometry`` (None for ``none``)."""
     if kind == "none":
         return None
-    if kind == "depth":
+    if kind in ("depth", "points"):
         return DepthGeometryEncoder(dim, out_dim, patch, merge)
     if kind == "vggt":
         return VGGTGeometryEncoder(vggt_path, out_dim, patch, merge)
-    raise ValueError(f"unknown model.geometry {kind!r}; valid choices: none, depth, vggt")
+    raise ValueError(f"unknown model.geometry {kind!r}; valid choices: none, depth, points, vggt")

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from lit3drft.data.sample import Sample
 from lit3drft.models import generation
 from lit3drft.models.config import SAMPLING, ModelConfig
-from lit3drft.models.geometry import depth_ray_map, geometry_patches
+from lit3drft.models.geometry import depth_ray_map, geometry_patches, point_map
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 """Tokens that must never appear in a completion (they break the next forward's visual bookkeeping)."""
@@ -303,11 +303,21 @@ class Policy(nn.Module):
         for s in samples:
             if s.depth is None or s.intrinsics is None:
                 raise ValueError(
-                    f"geometry=depth needs Sample.depth and Sample.intrinsics; sample {s.id} has none (VG-LLM rows: "
+                    f"geometry={self.cfg.geometry} needs Sample.depth and Sample.intrinsics; sample {s.id} has none (VG-LLM rows: "
                     "depths + cam2img; VSI-Bench rows: depth_dir + cam2img; an embedded benchmark rendered before "
                     "2026-11-26 lacks them: python dev/add_vsibench_depth.py DATA_ROOT)"
                 )
-            maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
+            if self.cfg.geometry == "points":
+                if s.cam2world is None or len(s.cam2world) != len(s.depth):
+                    raise ValueError(
+                        f"geometry=points needs Sample.cam2world, one pose per frame; sample {s.id} has "
+                        f"{'none' if s.cam2world is None else len(s.cam2world)} for {len(s.depth)} depth maps "
+                        "(VG-LLM rows: cam2global; VSI-Bench rows: pose_dir; an embedded benchmark rendered before "
+                        "2026-12-02 lacks VSI-Bench poses: delete its directory and run again, data.generate re-renders it)"
+                    )
+                maps = [point_map(d, s.intrinsics, c2w, s.cam2world[0]) for d, c2w in zip(s.depth, s.cam2world)]
+            else:
+                maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
             entries.extend([maps] if video else [[m] for m in maps])
         rows = geometry_patches(entries, grid, ip.patch_size, ip.merge_size, ip.temporal_patch_size)
         return {"geometry_values": rows}

@@ -14,6 +14,7 @@ All maths lives in ``lit3drft.algorithms.grpo``; all reward logic in ``lit3drft.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,11 @@ class GRPOModule(PolicyModule):
     """The no-grad log-prob passes (reference, pi_old) take this many micro-batches per forward: they keep no
     activations for backward (only the KV cache while the forward runs), so fewer, larger forwards save time
     at a peak memory that stays bounded by the chunk, independent of B*G."""
+
+    merge_reference: bool = True
+    """The reference pass (beta > 0, LoRA) runs with the reference adapter folded into the base weights
+    (``Policy.merged_adapter`` inside ``Policy.reference``): one matmul per projection instead of the base's plus
+    the adapter's two, for a transient copy of the adapted weights (as sampling already takes)."""
 
     max_idle_batches: int = 100
     """Consecutive rollout batches without an update (dynamic sampling found no group with reward variance) after
@@ -160,7 +166,8 @@ class GRPOModule(PolicyModule):
                 old_logp = [self._logprobs_in_chunks(p.rollout, p.rows) for p in parts]
         ref_logp: list[torch.Tensor | None] = [None] * len(parts)
         if cfg.beta > 0:
-            with torch.no_grad(), self.policy.reference():
+            merged = self.policy.merged_adapter if self.merge_reference else contextlib.nullcontext
+            with torch.no_grad(), self.policy.reference(), merged():  # merged inside reference: its adapter
                 ref_logp = [self._logprobs_in_chunks(p.rollout, p.rows) for p in parts]
         device = parts[0].mask.device
         num_tokens = sum((p.mask[p.rows].sum() for p in parts), torch.zeros((), device=device))

@@ -118,24 +118,40 @@ class PretrainModule(PolicyModule):
         return loss
 
     def on_train_start(self) -> None:
-        """Standardise the merger's output once, before the first step of a fresh stage (not on resume: the
-        checkpoint holds the weights already folded)."""
-        if self.global_step == 0 and self.pretrain_cfg.center_weight > 0 and self.pretrain_cfg.dense_weight > 0:
-            batch = next(iter(self.trainer.datamodule.train_dataloader()))  # a separate loader: the fit's is untouched
+        """Standardise the merger's output once, before the first step of a fresh stage, and give a fresh geometry
+        prior its starting scale (``geometry_init_ratio``); not on resume: the checkpoint holds both already."""
+        c = self.pretrain_cfg
+        fold = c.center_weight > 0 and c.dense_weight > 0
+        if self.global_step > 0 or not (fold or c.geometry_init_ratio > 0):
+            return
+        batch = next(iter(self.trainer.datamodule.train_dataloader()))  # a separate loader: the fit's is untouched
+        if fold:
             ratio = standardise_merger(self.policy, batch["inputs"])
             if ratio is not None:
                 print(f"[lit3drft] merger output standardised (token mean ratio was {ratio:.1f})")
+        if c.geometry_init_ratio > 0:
+            norms = scale_geometry_prior(self.policy, batch["inputs"], c.geometry_init_ratio)
+            if norms is not None:
+                print(f"[lit3drft] geometry prior starts at token norm {norms[1]:.2f} (visual tokens {norms[0]:.2f})")
 
     # ------------------------------------------------------------------ optimiser: vision parts may get a larger lr
     def param_groups(self) -> list[dict[str, Any]]:
-        """The language model at ``stage.lr``; the vision tower, merger, geometry prior and dense heads at
-        ``vision_lr_scale`` x it."""
+        """The language model at ``stage.lr``; the vision tower, merger and dense heads at ``vision_lr_scale`` x it;
+        the geometry prior at ``vision_lr_scale`` x ``geometry_lr_scale`` x it (a group of its own only when the
+        latter is not 1, so that runs without it keep their optimiser layout)."""
+        c = self.pretrain_cfg
         params = self.trainable_parameters()
-        vision = {id(p) for n, p in self.policy.named_parameters()
-                  if ("visual" in n or n.startswith("geometry.")) and p.requires_grad}  # fmt: skip
+        names = {id(p): n for n, p in self.policy.named_parameters() if p.requires_grad}
+        split = c.geometry_lr_scale != 1.0
+        geometry = {i for i, n in names.items() if n.startswith("geometry.")} if split else set()
+        vision = {i for i, n in names.items() if "visual" in n or n.startswith("geometry.")} - geometry
         fast = [p for p in params if id(p) in vision] + list(self.heads.parameters())
-        return [{"params": [p for p in params if id(p) not in vision]},
-                {"params": fast, "lr": self.stage.lr * self.pretrain_cfg.vision_lr_scale}]  # fmt: skip
+        groups = [{"params": [p for p in params if id(p) not in vision | geometry]},
+                  {"params": fast, "lr": self.stage.lr * c.vision_lr_scale}]  # fmt: skip
+        if split:
+            groups.append({"params": [p for p in params if id(p) in geometry],
+                           "lr": self.stage.lr * c.vision_lr_scale * c.geometry_lr_scale})  # fmt: skip
+        return groups
 
     # ------------------------------------------------------------------ validation: does it see?
     @torch.no_grad()
@@ -185,6 +201,26 @@ class PretrainModule(PolicyModule):
 
 
 @torch.no_grad()
+@torch.no_grad()
+def scale_geometry_prior(policy: Any, inputs: dict[str, Tensor], ratio: float) -> tuple[float, float] | None:
+    """Give a fresh (all-zero output layer) geometry prior a random output layer whose tokens' mean norm is
+    ``ratio`` x the visual tokens' on ``inputs``; returns ``(visual norm, prior norm)``, None when there is no fresh
+    prior (none configured, or trained weights loaded)."""
+    geometry = getattr(policy, "geometry", None)
+    last = geometry.merger.mlp[-1] if geometry is not None and hasattr(geometry, "merger") else None
+    if last is None or last.weight.abs().sum() > 0 or last.bias.abs().sum() > 0:
+        return None
+    b = policy.to_device(inputs)
+    grid = b["video_grid_thw" if "video_grid_thw" in b else "image_grid_thw"]
+    visual = torch.cat(policy.encode_visual(b)["image" if "image_grid_thw" in b else "video"])  # + the prior: 0 now
+    torch.nn.init.normal_(last.weight, std=1.0 / last.in_features**0.5)
+    geo_in = {k: b[k] for k in ("geometry_values", "geometry_frames") if k in b}
+    out = geometry(grid_thw=grid, **geo_in).float()
+    v, g = float(visual.float().norm(dim=-1).mean()), float(out.norm(dim=-1).mean())
+    last.weight.mul_(ratio * v / max(g, 1e-6))
+    return v, ratio * v
+
+
 def standardise_merger(policy: Any, inputs: dict[str, Tensor], threshold: float = 1.0) -> float | None:
     """Fold ``(v - mean) / std`` of the visual tokens of ``inputs`` into the merger's last linear layer when their
     ``token_mean_ratio`` exceeds ``threshold`` (the model stays an ordinary Qwen2.5-VL); returns the ratio then."""

@@ -154,6 +154,9 @@ def test_vsibench_depth_is_the_rendered_depth_of_the_sampled_frames(bench):
         assert min(gaps, key=gaps.get) == i and gaps[i] < 8.0
     scene = json.loads((scene_dir / "scene.json").read_text())
     np.testing.assert_allclose(s.intrinsics, scene["intrinsics"], atol=1e-6)
+    # the poses of the same frames (pose_dir: camera-to-global, ScanNet's layout): world = axis_align . global
+    world = np.asarray(scene["axis_align_matrix"]) @ s.cam2world
+    np.testing.assert_allclose(world, np.asarray(scene["cam2world"])[idx], atol=1e-8)
     # without load_depth, or for a row of the published format (no depth_dir / cam2img), nothing is loaded
     assert load_sample(rec, "da", media(root, "vsibench")).depth is None
 
@@ -161,7 +164,9 @@ def test_vsibench_depth_is_the_rendered_depth_of_the_sampled_frames(bench):
 @pytest.mark.parametrize(
     "change, message",
     [({"cam2img": None}, "go together"), ({"depth_dir": None, "cam2img": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, "go together"),
-     ({"depth_dir": 3}, "depth_dir must be a path"), ({"cam2img": [[1, 2], [3, 4]]}, "cam2img must be")],
+     ({"depth_dir": 3}, "depth_dir must be a path"), ({"cam2img": [[1, 2], [3, 4]]}, "cam2img must be"),
+     ({"pose_dir": 3}, "pose_dir must be a path"),
+     ({"depth_dir": None, "cam2img": None}, "pose_dir must be a path beside depth_dir")],
 )  # fmt: skip
 def test_vsibench_depth_fields_checked(bench, tmp_path, change, message):
     root, _ = bench
@@ -178,4 +183,19 @@ def test_vsibench_missing_depth_map_names_the_file(bench, tmp_path):
         write_jsonl(tmp_path / "v.jsonl", [row]), "spatial", "vsibench", "v", media(root, "vsibench"), 4
     )[0]
     with pytest.raises(BadSampleError, match="no_such_scene/depth/00000.png"):
+        load_sample(rec, "da", media(root, "vsibench"), load_depth=True)
+
+
+def test_vsibench_bad_pose_file_names_the_file(bench, tmp_path):
+    """ScanNet marks frames with lost tracking by an ``-inf`` pose: refused, naming the file, not a NaN later."""
+    root, _ = bench
+    poses = tmp_path / "media" / "pose"
+    poses.mkdir(parents=True)
+    for i in range(64):
+        (poses / f"{i:05d}.txt").write_text("\n".join(["-inf -inf -inf -inf"] * 4))
+    row = {**first_row(root, "vsibench"), "pose_dir": str(poses)}
+    rec = read_records(
+        write_jsonl(tmp_path / "v.jsonl", [row]), "spatial", "vsibench", "v", media(root, "vsibench"), 4
+    )[0]
+    with pytest.raises(BadSampleError, match="pose/00000.txt.*not a finite 4x4"):
         load_sample(rec, "da", media(root, "vsibench"), load_depth=True)

@@ -53,7 +53,15 @@ def _make_sample(
         frame_labels=[f"Frame-{j}: " for j in range(frames)] if labels else None,
         depth=[rng.uniform(0.5, 5.0, (size, size)).astype(np.float32) for _ in range(frames)],
         intrinsics=k,
+        cam2world=_walking_poses(rng, frames),
     )
+
+
+def _walking_poses(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """``(frames, 4, 4)`` camera-to-world poses of a camera that moves (translations only)."""
+    poses = np.tile(np.eye(4), (frames, 1, 1))
+    poses[:, :3, 3] = rng.normal(0, 0.3, (frames, 3))
+    return poses
 
 
 @pytest.fixture(scope="session")

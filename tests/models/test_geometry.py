@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lit3drft.models import build_policy
-from lit3drft.models.geometry import depth_ray_map, geometry_patches
+from lit3drft.models.geometry import depth_ray_map, geometry_patches, point_map
 
 
 def test_geometry_patches_follow_the_processor_patch_order(lora_policy):
@@ -29,13 +30,40 @@ def test_depth_ray_map_centre_ray_points_forward():
     m = depth_ray_map(np.full((48, 64), 3.0, np.float32), k)
     assert torch.allclose(m[0], torch.full((48, 64), float(np.log1p(3.0))))
     assert torch.allclose(m[1:].norm(dim=0), torch.ones(48, 64), atol=1e-5)
-    centre = m[1:, 23:25, 31:33].mean((1, 2))
+    centre = m[1:, 24, 32]  # the principal point (32, 24) is a pixel centre
     assert torch.allclose(centre, torch.tensor([0.0, 0.0, 1.0]), atol=1e-3)
 
 
-def test_geometry_prior_changes_outputs_only_when_enabled(make_cfg, samples):
+def test_point_map_puts_each_rendered_pixel_inside_its_objects_box_in_the_first_camera():
+    """The renderer's depth and poses, through ``point_map``: every pixel the renderer says shows object j (in a
+    frame the camera reached by walking) lies in j's box expressed in the *first* frame's camera."""
+    from lit3drft.data.geometry import box_rotation, world_box_to_camera
+    from lit3drft.data.render import render_frame
+    from lit3drft.data.scene import SceneKnobs, make_scene
+
+    scene = make_scene("pts", np.random.default_rng(3), SceneKnobs(frames=12))
+    first, later = scene.cam2world[0], scene.cam2world[9]
+    assert not np.allclose(first, later)
+    _, depth, inst = render_frame(scene, later)
+    m = point_map(depth, scene.intrinsics, later, first)
+    assert torch.allclose(m[3], torch.log1p(torch.from_numpy(depth)))
+    checked = 0
+    for j, obj in enumerate(scene.objects):
+        pix = torch.from_numpy(inst == j + 1)
+        if pix.sum() < 5:
+            continue
+        box = world_box_to_camera(obj.box, first)
+        pts = m[:3][:, pix].double().numpy().T  # (N, 3) in the first camera
+        local = (pts - box[:3]) @ box_rotation(box)  # in the box's own axes
+        assert (np.abs(local) <= box[3:6] / 2 + 2e-3).all(), obj.category
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("kind", ["depth", "points"])
+def test_geometry_prior_changes_outputs_only_when_enabled(make_cfg, samples, kind):
     plain = build_policy(make_cfg()).eval()
-    geo = build_policy(make_cfg(geometry="depth")).eval()
+    geo = build_policy(make_cfg(geometry=kind)).eval()
     batch_plain, batch_geo = plain.collate(samples, with_answer=True), geo.collate(samples, with_answer=True)
     assert "geometry_values" in batch_geo and "geometry_values" not in batch_plain
     with torch.no_grad():
@@ -54,8 +82,13 @@ def test_geometry_prior_changes_outputs_only_when_enabled(make_cfg, samples):
         assert torch.allclose(geo.sequence_logprobs(r), r.logprobs, atol=1e-4)
 
 
-def test_vggt_without_package_is_a_clear_error(make_cfg):
-    import pytest
+def test_points_prior_without_poses_is_a_clear_error(make_cfg, samples):
+    geo = build_policy(make_cfg(geometry="points"))
+    samples[1].cam2world = None
+    with pytest.raises(ValueError, match="geometry=points needs Sample.cam2world.*test/1 has none"):
+        geo.collate(samples, with_answer=True)
 
+
+def test_vggt_without_package_is_a_clear_error(make_cfg):
     with pytest.raises((ImportError, ValueError), match="vggt"):
         build_policy(make_cfg(geometry="vggt"))

@@ -91,6 +91,12 @@ def check_reference_is_the_sft_policy(policy, batch, perturb_lora) -> None:
     with torch.no_grad(), policy.reference():
         ref = policy(batch).logits
     assert torch.equal(ref, sft)
+    weights = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    with torch.no_grad(), policy.reference(), policy.merged_adapter():  # GRPO's reference pass (merge_reference)
+        merged = policy(batch).logits
+    torch.testing.assert_close(merged, sft, atol=1e-5, rtol=0)
+    assert all(torch.equal(weights[n], p) for n, p in policy.named_parameters())  # put back bit-identically
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable
     assert not torch.allclose(ref, base, atol=1e-3) and not torch.allclose(ref, _logits(policy, batch), atol=1e-3)
     assert any(p.requires_grad for n, p in policy.named_parameters() if "lora_B.default" in n)  # trainable again
     policy.snapshot_reference()  # a second GRPO stage: the snapshot follows the policy
