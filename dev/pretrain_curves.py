@@ -1,4 +1,7 @@
-"""Learning curves of perception pretraining runs: ``python dev/pretrain_curves.py OUT RUN_DIR[=LABEL[@OFFSET]] ...``.
+"""Learning curves of perception pretraining runs: ``python dev/pretrain_curves.py [--keep] OUT RUN_DIR[=LABEL[@OFFSET]] ...``.
+
+``--keep``: the rows of an existing ``OUT/curves.csv`` of runs not named here stay (curves of run directories
+that are gone: ``runs/`` is not committed).
 
 ``OFFSET`` shifts a run's steps (a run started with ``init_from`` another run's step-N weights: ``@N``), so that
 chained runs share one step axis.
@@ -40,6 +43,8 @@ def run_curves(run_dir: Path, label: str, offset: int = 0) -> pd.DataFrame:
 
 
 def main(argv: list[str]) -> None:
+    keep = argv[:1] == ["--keep"]
+    argv = argv[1:] if keep else argv
     out, runs = Path(argv[0]), argv[1:]
     frames = []
     for spec in runs:
@@ -47,6 +52,9 @@ def main(argv: list[str]) -> None:
         label, _, offset = label.partition("@")
         frames.append(run_curves(Path(path), label or Path(path).name, int(offset or 0)))
     curves = pd.concat(frames, ignore_index=True)
+    if keep and (out / "curves.csv").exists():
+        earlier = pd.read_csv(out / "curves.csv")
+        curves = pd.concat([earlier[~earlier["run"].isin(set(curves["run"]))], curves], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False, float_format="%.4f")
     panels = [p for p in PANELS if p in curves]
