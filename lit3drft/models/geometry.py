@@ -31,6 +31,14 @@ GEOMETRY_CHANNELS = 4
 ``points`` encoder (the first camera's x, y, z and log(1 + depth))."""
 
 
+def _pixel_rays(h: int, w: int, intrinsics: np.ndarray) -> Tensor:
+    """``(3, H * W)`` float64 rays ``K^-1 [u, v, 1]`` (z = 1) through the pixel centres, which sit at integer
+    coordinates (OpenCV/ScanNet; the renderer's intrinsics have ``cx = (W - 1) / 2``)."""
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1).double()
+    return torch.linalg.inv(torch.as_tensor(intrinsics, dtype=torch.float64)) @ pix
+
+
 def depth_ray_map(depth: np.ndarray, intrinsics: np.ndarray) -> Tensor:
     """``(4, H, W)`` map: ``log1p(depth)`` and the unit ray ``K^-1 [u, v, 1]`` of each pixel centre (pixel ``(u, v)``
     has its centre at the integer coordinates ``(u, v)``, the OpenCV/ScanNet convention the renderer's intrinsics use:
@@ -42,9 +50,7 @@ def depth_ray_map(depth: np.ndarray, intrinsics: np.ndarray) -> Tensor:
         (torch.Size([4, 4, 6]), 1.0, 1.0986)
     """
     h, w = depth.shape
-    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")  # pixel centres at integers (OpenCV)
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1).double()
-    rays = torch.linalg.inv(torch.as_tensor(intrinsics, dtype=torch.float64)) @ pix
+    rays = _pixel_rays(h, w, intrinsics)
     rays = (rays / rays.norm(dim=0, keepdim=True)).reshape(3, h, w).float()
     d = torch.log1p(torch.as_tensor(depth, dtype=torch.float32).clamp_min(0)).unsqueeze(0)
     return torch.cat([d, rays])
@@ -64,10 +70,8 @@ def point_map(depth: np.ndarray, intrinsics: np.ndarray, cam2world: np.ndarray, 
         [2.5, 1.5, 3.0]
     """
     h, w = depth.shape
-    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")  # pixel centres at integers (OpenCV)
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1).double()
     z = torch.as_tensor(depth, dtype=torch.float64).clamp_min(0).reshape(1, -1)
-    cam = (torch.linalg.inv(torch.as_tensor(intrinsics, dtype=torch.float64)) @ pix) * z
+    cam = _pixel_rays(h, w, intrinsics) * z
     rel = torch.linalg.inv(torch.as_tensor(first2world, dtype=torch.float64)) @ torch.as_tensor(cam2world).double()
     pts = (rel[:3, :3] @ cam + rel[:3, 3:]).reshape(3, h, w).float()
     return torch.cat([pts, torch.log1p(z.float()).reshape(1, h, w)])
