@@ -6,7 +6,9 @@ every prompt, frames included, through ``model.generate``. Both run here in the 
 model (the tiny preset by default, LoRA attached), sampling at temperature 1 with the vision special tokens
 suppressed, and the ratio is printed (last line: ``ratio: N.NNx``, generate_group over plain generate). Also
 timed: generate_group with ``model.lean_decode`` off (one transformers forward per token: the decode loop before
-issue 16). Repeats alternate the three; medians are reported.
+issue 16), and generate_group with the LoRA update merged into the base weights for sampling, as ``GRPOModule``
+samples by default (``grpo.merge_adapter_for_sampling``; ``ratio_merged``); plain generate runs unmerged, as TRL's
+does without vLLM. Repeats alternate the four; medians are reported.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_generation.py            # G=8, 64 tokens, 4 frames
     .venv/bin/python benchmarks/bench_generation.py --pretrained /path/Qwen2.5-VL-3B-Instruct --device cuda
@@ -62,10 +64,11 @@ def repeat_prompts(batch: dict, g: int) -> dict:
     return out
 
 
-def run_group(policy, samples, g: int, new_tokens: int, lean: bool = True) -> tuple[float, int]:
+def run_group(policy, samples, g: int, new_tokens: int, lean: bool = True, merge: bool = False) -> tuple[float, int]:
     policy.cfg = dataclasses.replace(policy.cfg, lean_decode=lean)
     t = time.perf_counter()
-    r = policy.generate_group(samples, num_generations=g, max_new_tokens=new_tokens, temperature=1.0)
+    r = policy.generate_group(samples, num_generations=g, max_new_tokens=new_tokens, temperature=1.0,
+                              merge_adapter=merge)  # fmt: skip
     return time.perf_counter() - t, int(r.completion_mask.sum())
 
 
@@ -101,13 +104,15 @@ def main() -> None:
     samples = make_samples(args.prompts, args.frames, args.size)
     g, n = args.generations, args.new_tokens
     with torch.no_grad():
-        for lean in (True, False):  # warm-up (first use of each shape is slow)
-            run_group(policy, samples, g, n, lean)
+        for lean, merge in ((True, False), (False, False), (True, True)):  # warm-up (first use of a shape is slow)
+            run_group(policy, samples, g, n, lean, merge)
         run_plain(policy, samples, g, n)
-        group, hf_step, plain = [], [], []
-        for _ in range(args.repeats):  # the three alternate, so load drifts hit them alike
+        group, hf_step, plain, merged = [], [], [], []
+        for _ in range(args.repeats):  # the four alternate, so load drifts hit them alike
             t, k = run_group(policy, samples, g, n, lean=True)
             group.append(k / t)
+            t, k = run_group(policy, samples, g, n, lean=True, merge=True)
+            merged.append(k / t)
             t, k = run_group(policy, samples, g, n, lean=False)
             hf_step.append(k / t)
             t, k = run_plain(policy, samples, g, n)
@@ -124,12 +129,15 @@ def main() -> None:
         "frame_size": args.size,
         "generate_group_tok_s": round(med(group), 1),
         "generate_group_hf_step_tok_s": round(med(hf_step), 1),
+        "generate_group_merged_tok_s": round(med(merged), 1),
         "plain_generate_tok_s": round(med(plain), 1),
         "lean_vs_hf_step": round(med(group) / med(hf_step), 2),
+        "ratio_merged": round(med(merged) / med(plain), 2),
         "ratio": round(med(group) / med(plain), 2),
     }
     print(json.dumps(res))
-    print(f"ratio: {res['ratio']:.2f}x")  # generate_group (lean decode) vs plain model.generate on G copies
+    print(f"ratio_merged: {res['ratio_merged']:.2f}x")  # as GRPOModule samples: LoRA merged for sampling
+    print(f"ratio: {res['ratio']:.2f}x")  # generate_group (lean decode, unmerged) vs plain model.generate on G copies
 
 
 if __name__ == "__main__":

@@ -201,6 +201,17 @@ def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides,
     assert "answer" not in plain.heads and "answer_box" not in plain._forward(batch)[1]
 
 
+def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
+    held-out clips' grounding figures."""
+    cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.grounding_share=0.5",
+               "trainer.val_every_n_steps=2", "data.batch_size=2", "pretrain.val_samples=6")  # fmt: skip
+    payload = fit.fit(cfg)
+    for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap"):
+        assert f"val/grounding/{key}" in payload["metrics"], key
+    assert 0 <= payload["metrics"]["val/grounding/acc25"] <= 1
+
+
 def test_box2d_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.box2d_share``: 2D grounding batches go through the training step and validation logs the
     held-out clips' 2D figures."""

@@ -38,7 +38,7 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import left_to_right
+from lit3drft.data.tasks import describe, left_to_right
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -89,6 +89,13 @@ class PretrainConfig:
     corners, ``BOX2D_PROMPT``): where each object is on the image, which the visual tokens' grid tells directly.
     Above 0, validation also scores the held-out clips' 2D answers (``val/box2d/*``). With ``inventory_share``
     it must sum to at most 1."""
+    grounding_share: float = 0.0
+    """Share of training clips asked the benchmark's grounding question instead (``P.GROUNDING_PROMPT``, frames
+    prefixed "Frame-i: "): a referring expression that singles out one visible object (the benchmark's own
+    generator of them), answered with the clip frame where the object is drawn largest and its box in that frame's
+    camera. A clip without such an object stays a detection clip. Above 0, validation also asks the held-out
+    clips (those with a describable object) and scores them (``val/grounding/*``: Acc@0.25, mIoU, frame accuracy,
+    swap gap). With the other shares it must sum to at most 1."""
     vision_warmup_steps: int = 0
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
@@ -207,6 +214,34 @@ def box2d_sample(sample: Sample) -> Sample:
                    target={"task": "box2d", "mode": sample.mode, "boxes2d": boxes, "labels": labels})  # fmt: skip
 
 
+def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[int],
+                       rng: np.random.Generator) -> dict | None:  # fmt: skip
+    """A grounding question on a clip: the first object of ``keep`` (visible ones, in a random order) that a
+    referring expression singles out, the clip frame where its drawn area is largest and its box in that frame's
+    camera (what the benchmark's grounding rows hold); None if no visible object can be singled out."""
+    for t in rng.permutation(keep).tolist():
+        described = describe(scene, t, rng)
+        if described is None:
+            continue
+        k = int(np.argmax([(x == t + 1).sum() for x in insts]))
+        box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
+        return {"description": described[0], "frame": k, "bbox_3d": box, "object": t,
+                "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
+    return None
+
+
+def grounding_sample(sample: Sample) -> Sample:
+    """The grounding question of ``meta["grounding"]`` on ``sample``'s clip, in the benchmark's format."""
+    g = sample.meta["grounding"]
+    desc = g["description"]
+    text = P.GROUNDING_PROMPT.format(description=desc[0].upper() + desc[1:] + ".")
+    target = {"task": "grounding", "mode": sample.mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
+              "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
+    return replace(sample, task="grounding", prompt=P.full_prompt(text, sample.mode),
+                   answer=P.format_answer(P.grounding_answer(g["frame"], g["bbox_3d"]), sample.mode), target=target,
+                   frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
+
+
 class PerceptionDataset(Dataset):
     """Detection clips of rooms rendered on the fly: item ``i`` is a ``(Sample, dense targets)`` pair, the same
     bytes for the same ``(seed, i)`` in any process."""
@@ -249,18 +284,24 @@ class PerceptionDataset(Dataset):
         inventory = u < c.inventory_share
         in_first = frame_boxes_2d(insts[0], n, gen.min_visible_pixels)
         box2d = {"boxes": [b for _, b in in_first], "labels": [scene.objects[k].category for k, _ in in_first]}
+        lo = c.inventory_share + c.box2d_share
+        asked = c.grounding_share > 0 and (not self.training or lo <= u < lo + c.grounding_share)
+        grounding = grounding_question(scene, keep, insts, frames, rng) if asked else None  # draws only then
         sample = Sample(
             id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
             prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
             answer=P.format_answer(inventory_answer(labels) if inventory else P.detection_answer(boxes, labels),
                                    self.mode),  # fmt: skip
             target={"task": "detection", "mode": self.mode, "boxes": boxes, "labels": labels},
-            mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level, "box2d": box2d},
+            mode=self.mode, meta={"scene_name": scene.name, "frame_indices": frames, "level": level, "box2d": box2d,
+                                  "grounding": grounding},  # fmt: skip
             depth=[r[1] for r in rendered], intrinsics=scene.intrinsics,  # for model.geometry: depth, points
             cam2world=scene.cam2world[frames],
         )  # fmt: skip
-        if c.inventory_share <= u < c.inventory_share + c.box2d_share:
+        if c.inventory_share <= u < lo:
             sample = box2d_sample(sample)
+        elif grounding is not None and self.training:
+            sample = grounding_sample(sample)
         return sample, dense
 
 
@@ -284,9 +325,11 @@ class PerceptionDataModule(L.LightningDataModule):
         if cfg.seed == synth.seed or cfg.seed + 1 == synth.seed:
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
-        if not (cfg.inventory_share >= 0 and cfg.box2d_share >= 0 and cfg.inventory_share + cfg.box2d_share <= 1):
-            raise ValueError(f"pretrain.inventory_share={cfg.inventory_share}, pretrain.box2d_share={cfg.box2d_share}: "
-                             "each in [0, 1], summing to at most 1")  # fmt: skip
+        shares = {"inventory_share": cfg.inventory_share, "box2d_share": cfg.box2d_share,
+                  "grounding_share": cfg.grounding_share}  # fmt: skip
+        if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
+            raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
+                             + ": each in [0, 1], summing to at most 1")  # fmt: skip
         if not cfg.geometry_init_ratio >= 0:
             raise ValueError(f"pretrain.geometry_init_ratio={cfg.geometry_init_ratio}: must be >= 0 (0: zero start)")
         scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}

@@ -96,7 +96,7 @@ def detection_rows(
     return rows
 
 
-def _describe(scene: Scene, t: int, rng: np.random.Generator) -> tuple[str, str] | None:
+def describe(scene: Scene, t: int, rng: np.random.Generator) -> tuple[str, str] | None:
     """A referring expression (category, colour, relation to a unique anchor) that singles out object ``t``."""
     target = scene.objects[t]
     same = [i for i, o in enumerate(scene.objects) if (o.category, o.color) == (target.category, target.color)]
@@ -138,7 +138,7 @@ def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samp
         if len(candidates) == 0:
             continue
         t = int(rng.choice(candidates))
-        described = _describe(scene, t, rng)
+        described = describe(scene, t, rng)
         if described is None:
             continue
         desc, think = described

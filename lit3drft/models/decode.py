@@ -8,7 +8,8 @@ merged or not, and 4-bit layers work unchanged) with:
   prefill's cache once (repeated G times) and written in place;
 - the **key mask computed once** (prompt padding + generated positions) and sliced per step;
 - **text positions** only: a completion token has equal temporal/height/width mrope positions, so its rotary
-  angle is the text one at ``next_pos + t`` (``rope_deltas`` folded in by the caller).
+  angle is the text one at ``next_pos + t`` (``rope_deltas`` folded in by the caller), computed for every ``t``
+  once per rollout;
 
 The maths is HF's own: its rotary module and ``apply_rotary_pos_emb``, RMSNorms, MLPs and projections; the
 attention of the single query is softmax(q k^T * scaling) v over the unmasked keys with grouped heads folded
@@ -76,7 +77,9 @@ class LeanDecoder:
         mask = torch.ones(n, 1, 1, total, dtype=torch.bool, device=first.device)
         mask[:, 0, 0, :p] = prompt_mask.repeat_interleave(repeats, dim=0).bool()
         self.mask = mask
-        self.next_pos = next_pos.view(n)
+        # rotary angles of every completion position at once (elementwise maths: equal to computing them per step)
+        pos = (next_pos.view(n, 1) + torch.arange(max_new_tokens, device=first.device)).expand(3, n, max_new_tokens)
+        self.cos, self.sin = lm.rotary_emb(first.new_zeros(1, dtype=lm.embed_tokens.weight.dtype), pos)
         self.scaling = [layer.self_attn.scaling for layer in lm.layers]
         self.head_dim = head_dim
 
@@ -85,8 +88,7 @@ class LeanDecoder:
         """Logits ``(N, V)`` after the completion token ``tokens`` ``(N,)`` at completion index ``t``."""
         lm, n, at = self.lm, self.n, self.p + t
         x = lm.embed_tokens(tokens[:, None])  # (N, 1, D)
-        pos = (self.next_pos + t).view(1, n, 1).expand(3, n, 1)
-        cos, sin = lm.rotary_emb(x, pos)
+        cos, sin = self.cos[:, t : t + 1], self.sin[:, t : t + 1]
         mask = self.mask[..., : at + 1]
         for i, layer in enumerate(lm.layers):
             attn = layer.self_attn

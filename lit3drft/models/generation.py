@@ -108,6 +108,29 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float) -> Tensor:
     return logits
 
 
+def sample_categorical(probs: Tensor) -> Tensor:
+    """One draw per row of ``probs`` ``(N, V)`` (non-negative, not necessarily normalised) by inverse CDF: the
+    first token whose cumulative mass exceeds ``u * total``, ``u ~ U[0, 1)`` from torch's generator.
+
+    The same law as ``torch.multinomial(probs, 1)`` (a zero-mass token is never drawn: its cumulative mass equals its
+    predecessor's), about 9x cheaper on CPU for the tiny model's rows (16 x 897: 82 us vs 718 us a step; on
+    CPU ``multinomial`` draws an exponential per vocabulary entry). Rows with a non-finite or zero total are refused.
+
+    Example:
+        >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])).tolist()
+        [1, 2]
+    """
+    cum = probs.cumsum(-1)
+    total = cum[:, -1:]
+    if probs.device.type == "cpu" and not bool(((total > 0) & torch.isfinite(total)).all()):  # no sync off the CPU
+        raise ValueError("sample_categorical: a row of the sampling distribution is not finite or has no mass")
+    u = torch.rand(total.shape, device=probs.device, dtype=cum.dtype) * total
+    tok = torch.searchsorted(cum, u, right=True).squeeze(1)
+    # u rounded up to the total: fall back to the last token with mass
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)
+    return torch.minimum(tok, last)
+
+
 def _scaled_logits(policy: Policy, logits: Tensor, temperature: float) -> Tensor:
     logits = logits.float()
     if policy.cfg.suppress_vision_tokens and policy.suppressed_token_ids:
@@ -197,8 +220,7 @@ def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new
         if greedy:
             tok = scaled.argmax(-1)
         else:
-            probs = filter_logits(scaled, top_k, top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1).squeeze(1)
+            tok = sample_categorical(filter_logits(scaled, top_k, top_p).softmax(-1))
         tok = torch.where(done, torch.full_like(tok, policy.pad_token_id), tok)
         logps.append(scaled.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(done, 0.0))
         masks.append(~done)

@@ -26,8 +26,9 @@ from lit3drft.algorithms.dense import (
     token_mean_ratio,
 )
 from lit3drft.algorithms.sft import answer_only_cross_entropy
-from lit3drft.data.perception import NUM_CLASSES, PretrainConfig, box2d_sample
+from lit3drft.data.perception import NUM_CLASSES, PretrainConfig, box2d_sample, grounding_sample
 from lit3drft.modules.base import PolicyModule
+from lit3drft.rewards.grounding import grounding_scores
 
 
 class PretrainModule(PolicyModule):
@@ -173,12 +174,31 @@ class PretrainModule(PolicyModule):
             row["box2d/swap_gap"] = (ce2[1] - ce2[0]).item()
             out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
             row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
+        if self.pretrain_cfg.grounding_share > 0:
+            row.update(self._grounding_validation(samples))
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
         row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
                     **{f"dense/{k}": v.item() for k, v in losses.items()}, **detection_probe(completions, targets)})  # fmt: skip
         for k, v in row.items():
             self._val.setdefault(k, []).append((v, len(samples)))
+
+    def _grounding_validation(self, samples: list) -> dict[str, float]:
+        """The held-out clips with a describable object asked the benchmark's grounding question: swap gap,
+        Acc@0.25 (world-frame IoU through the answered frame's pose, as the benchmark scores it), mIoU, frame
+        accuracy."""
+        flat = [grounding_sample(s) for s in samples if s.meta.get("grounding")]
+        if len(flat) < 2:  # a swap needs another clip
+            return {}
+        labels = self.policy.to_device(self.policy.collate(flat, with_answer=True))["labels"]
+        swapped = [replace(s, frames=flat[(i + 1) % len(flat)].frames) for i, s in enumerate(flat)]
+        ce = [answer_only_cross_entropy(self.policy(self.policy.collate(x, with_answer=True)).logits, labels)
+              for x in (flat, swapped)]  # fmt: skip
+        completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
+        frame_score, iou, parsed = grounding_scores(completions, [s.target for s in flat])
+        return {"grounding/swap_gap": (ce[1] - ce[0]).item(), "grounding/acc25": (iou >= 0.25).float().mean().item(),
+                "grounding/miou": iou.mean().item(), "grounding/frame_acc": (frame_score == 1).float().mean().item(),
+                "grounding/parsed": parsed.float().mean().item()}  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
         values = {}

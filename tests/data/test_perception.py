@@ -110,8 +110,44 @@ def test_box2d_questions_ask_for_the_first_frames_pixel_boxes_of_the_same_clip()
     assert 10 <= asked <= 30
 
 
+def test_grounding_questions_are_the_benchmarks_question_on_the_same_clip() -> None:
+    """``pretrain.grounding_share``: a share of the stream is asked the benchmark's grounding question; frames and
+    dense targets are those of the stream without it. The answer frame is a clip frame in which the described
+    object owns visual tokens whose own-camera box (the dense targets, computed per frame) is the answer's box,
+    and the answer scores frame 1 and IoU 1 through the benchmark's own scorer (poses to world)."""
+    from lit3drft.data import prompts as P
+    from lit3drft.rewards.grounding import grounding_scores
+
+    plain = PerceptionDataset(PretrainConfig(), SynthConfig(), seed=21, length=40)
+    mixed = PerceptionDataset(PretrainConfig(grounding_share=0.5), SynthConfig(), seed=21, length=40)
+    asked, matched, tokens = 0, 0, (112 // CELL) ** 2
+    for i in range(40):
+        (a, da), (b, db) = plain[i], mixed[i]
+        assert [f.tobytes() for f in a.frames] == [f.tobytes() for f in b.frames]
+        assert all(torch.equal(da[k], db[k]) for k in da)
+        if b.task == "detection":
+            assert b.answer == a.answer and b.target["task"] == "detection"
+            continue
+        asked += 1
+        assert b.task == "grounding" and b.frame_labels == [P.frame_label(j) for j in range(4)]
+        assert (
+            b.prompt.startswith(P.GROUNDING_PROMPT.split("{")[0]) and b.meta["grounding"]["description"][1:] in b.prompt
+        )
+        frame, box = b.target["frame"], b.target["bbox_3d"]
+        assert json.loads(b.answer.removeprefix("<answer>").removesuffix("</answer>")) == {"frame": frame,
+                                                                                            "bbox_3d": box}  # fmt: skip
+        own = db["own"][frame * tokens : (frame + 1) * tokens]  # the box of each token's majority object
+        matched += bool(((own - torch.tensor(box[:6])).abs().max(1).values < 0.006).any())
+        f, iou, parsed = grounding_scores([b.answer], [b.target])
+        assert parsed.item() and f.item() == 1 and iou.item() > 0.999
+    assert 10 <= asked <= 30
+    assert matched >= 0.8 * asked  # the rest: objects too small to be any token's majority
+
+
 def test_task_shares_that_do_not_fit_are_refused() -> None:
     from lit3drft.data.perception import PerceptionDataModule
 
     with pytest.raises(ValueError, match=r"inventory_share=0.6, pretrain.box2d_share=0.5"):
         PerceptionDataModule(PretrainConfig(inventory_share=0.6, box2d_share=0.5), SynthConfig(), 2, 2, list)
+    with pytest.raises(ValueError, match=r"box2d_share=0.5, pretrain.grounding_share=0.6"):
+        PerceptionDataModule(PretrainConfig(box2d_share=0.5, grounding_share=0.6), SynthConfig(), 2, 2, list)
