@@ -10,6 +10,8 @@ merged or not, and 4-bit layers work unchanged) with:
 - **text positions** only: a completion token has equal temporal/height/width mrope positions, so its rotary
   angle is the text one at ``next_pos + t`` (``rope_deltas`` folded in by the caller), computed for every ``t``
   once per rollout;
+- **stopped rows dropped** (``select``, ``model.compact_decode``): the caller shrinks the batch to the rows still
+  decoding once enough have stopped;
 
 The maths is HF's own: its rotary module and ``apply_rotary_pos_emb``, RMSNorms, MLPs and projections; the
 attention of the single query is softmax(q k^T * scaling) v over the unmasked keys with grouped heads folded
@@ -82,6 +84,13 @@ class LeanDecoder:
         self.cos, self.sin = lm.rotary_emb(first.new_zeros(1, dtype=lm.embed_tokens.weight.dtype), pos)
         self.scaling = [layer.self_attn.scaling for layer in lm.layers]
         self.head_dim = head_dim
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only ``rows`` (indices into the current rows) from now on: cache, key mask and angles shrink."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.cos, self.sin = self.cos.index_select(0, rows), self.sin.index_select(0, rows)
+        self.n = len(rows)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, t: int) -> Tensor:

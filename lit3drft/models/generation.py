@@ -108,6 +108,11 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float) -> Tensor:
     return logits
 
 
+COMPACT_AT = 0.75
+"""``model.compact_decode``: the decode batch shrinks to its live rows once they are at most this share of it
+(each shrink copies the live rows' cache: at most ~log(N)/log(4/3) copies per rollout)."""
+
+
 def sample_categorical(probs: Tensor) -> Tensor:
     """One draw per row of ``probs`` ``(N, V)`` (non-negative, not necessarily normalised) by inverse CDF: the
     first token whose cumulative mass exceeds ``u * total``, ``u ~ U[0, 1)`` from torch's generator.
@@ -215,6 +220,8 @@ def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new
     stop = torch.tensor(policy.stop_token_ids, device=ids.device)
     done = torch.zeros(n, dtype=torch.bool, device=ids.device)
     tokens, logps, masks = [], [], []
+    compact = decoder is not None and policy.cfg.compact_decode
+    rows = None  # the batch rows the decoder still runs, once it has dropped some (None: all of them)
     for t in range(max_new_tokens):
         scaled = _scaled_logits(policy, logits, temperature)
         if greedy:
@@ -226,10 +233,19 @@ def _decode_loop(policy: Policy, batch: dict[str, Tensor], repeats: int, max_new
         masks.append(~done)
         tokens.append(tok)
         done = done | torch.isin(tok, stop)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        live = int(n - done.sum())
+        if live == 0 or t == max_new_tokens - 1:
             break
         if decoder is not None:
-            logits = decoder.step(tok, t)
+            if compact and live <= COMPACT_AT * decoder.n:
+                keep = (~done if rows is None else ~done[rows]).nonzero().squeeze(1)
+                decoder.select(keep)
+                rows = keep if rows is None else rows[keep]
+            if rows is None:
+                logits = decoder.step(tok, t)
+            else:  # stopped rows get zero logits: their draws are replaced by padding (the RNG draws stay the same)
+                logits = logits.new_zeros(n, logits.shape[-1])
+                logits[rows] = decoder.step(tok[rows], t).to(logits.dtype)
             continue
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         p = (next_pos + t).view(1, n, 1).expand(3, n, 1)

@@ -226,3 +226,40 @@ def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lo
     a, b = out[True][1], out[False][1]
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
     assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_dropping_stopped_rows_changes_nothing(make_cfg, samples, perturb_lora, monkeypatch, merge):
+    """``model.compact_decode``: with rows that stop at different steps (a quarter of the vocabulary made stop
+    tokens), the decode batch shrinks (``LeanDecoder.select`` runs) and the sampled tokens, masks and log-probs are
+    those of the decoder that runs every row to the end, under the same seed; the log-probs still equal
+    ``sequence_logprobs``; greedy text is unchanged."""
+    from dataclasses import replace
+
+    from lit3drft.models import decode
+
+    policy = build_policy(make_cfg()).eval()
+    perturb_lora(policy, seed=5, scale=0.2)
+    vocab = policy.hf_model.lm_head.out_features
+    stops = [t for t in range(0, vocab, 4) if t not in set(policy.suppressed_token_ids)]
+    monkeypatch.setattr(policy, "stop_token_ids", stops)
+    selected = []
+    original = decode.LeanDecoder.select
+    monkeypatch.setattr(decode.LeanDecoder, "select", lambda self, rows: (selected.append(len(rows)),
+                                                                          original(self, rows))[1])  # fmt: skip
+    out = {}
+    for compact in (True, False):
+        policy.cfg = replace(policy.cfg, compact_decode=compact)
+        torch.manual_seed(11)
+        r = policy.generate_group(samples, num_generations=6, max_new_tokens=24, merge_adapter=merge)
+        out[compact] = (policy.generate(samples, max_new_tokens=24), r)
+    lengths = out[True][1].completion_mask.sum(1)
+    assert selected and len(set(lengths.tolist())) > 3, (selected, lengths)
+    a, b = out[True][1], out[False][1]
+    assert out[True][0] == out[False][0]
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
+    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+    with torch.no_grad():
+        full = policy.sequence_logprobs(a)
+    m = a.completion_mask.bool()
+    assert (full - a.logprobs)[m].abs().max() < 1e-4
