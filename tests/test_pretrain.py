@@ -41,7 +41,9 @@ def test_the_recipe_runs_logs_the_probes_and_exports_a_base_that_loads(run_overr
     assert {v.dtype for v in weights.values()} == {torch.bfloat16}
     # the exported directory loads through the real-checkpoint path and holds the trained weights
     trained = torch.load(run / "stages" / "0-pretrain" / "trainable.pt")
-    base = build_policy(ModelConfig(preset="", pretrained=str(hf), finetune="full", freeze_vision=False))
+    assert cfg.model.geometry == "points"  # the recipe trains the base's prior (experiments/base/tiny.yaml)
+    base = build_policy(ModelConfig(preset="", pretrained=str(hf), finetune="full", freeze_vision=False,
+                                    geometry=cfg.model.geometry))  # fmt: skip
     own = dict(base.named_parameters())
     for name, value in trained.items():
         assert torch.equal(own[name].detach(), value.to(torch.bfloat16).float()), name
@@ -60,7 +62,8 @@ def test_the_dense_loss_reaches_the_vision_tower_only_when_weighted(run_override
     data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 4)
     batch = collate_perception([data[0], data[1]], policy)
     _, losses = module._forward(batch)
-    sum(v for k, v in losses.items() if not k.endswith("_acc")).backward()  # the dense part alone
+    # the dense part alone (the answer-state box loss, on in the recipe, is its own lever with its own weight)
+    sum(v for k, v in losses.items() if not k.endswith("_acc") and k != "answer_box").backward()
     vision = [p.grad for n, p in policy.named_parameters() if "visual" in n]
     reached = any(g is not None and g.abs().sum() > 0 for g in vision)
     assert reached == (dense_weight > 0)
@@ -103,8 +106,11 @@ def test_the_shipped_base_is_a_small_bf16_hf_directory_that_the_tiny_experiments
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(files)
     assert files["model.safetensors"] < 25e6
     assert {v.dtype for v in load_file(base / "model.safetensors").values()} == {torch.bfloat16}
+    assert cfg.model.geometry == "points" and (base / "geometry_prior.safetensors").is_file()  # its trained prior
     policy = build_policy(replace_model(cfg.model, pretrained=str(base)))
-    assert not any(p.requires_grad for n, p in policy.named_parameters() if "visual" in n)  # frozen downstream
+    assert policy.geometry is not None and any(v.abs().sum() > 0 for v in policy.geometry.state_dict().values())
+    frozen = [p for n, p in policy.named_parameters() if "visual" in n or n.startswith("geometry.")]
+    assert frozen and not any(p.requires_grad for p in frozen)  # frozen downstream
     assert (ROOT / "results" / "pretrain_tiny" / "README.md").read_text().count("commit") >= 1
 
 
