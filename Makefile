@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-test: setup  ## run the default test suite (not slow, not gpu; 5-7 min on 2 cores, clean clone 2026-12-02 fifth session: 628 passed, 388 s; .ci/run 9.5 min)
+test: setup  ## run the default test suite (not slow, not gpu; 5-8 min on 2 cores, clean clone 2026-12-02 fifth session: 628 passed, 388 s; .ci/run 9.5 min)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: setup  ## run the slow tests too
