@@ -203,12 +203,29 @@ def test_generation_in_train_mode_with_checkpointing(make_cfg, samples, finetune
     assert (full - r.logprobs)[m].abs().max() < 1e-4
 
 
+def _same_decoding_both_ways(policy, samples, key: str, seed: int, generations: int, tokens: int, merge: bool):
+    """Greedy text and a sampled group under one seed with ``policy.cfg.<key>`` on and off: the same greedy text,
+    tokens and masks, log-probs within 1e-5. Returns the group sampled with the setting on."""
+    from dataclasses import replace
+
+    out = {}
+    for on in (True, False):
+        policy.cfg = replace(policy.cfg, **{key: on})
+        torch.manual_seed(seed)
+        r = policy.generate_group(samples, num_generations=generations, max_new_tokens=tokens, merge_adapter=merge)
+        out[on] = (policy.generate(samples, max_new_tokens=tokens), r)
+    assert out[True][0] == out[False][0], key
+    a, b = out[True][1], out[False][1]
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
+    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+    return a
+
+
 @pytest.mark.parametrize(("finetune", "merge"), [("lora", False), ("lora", True), ("full", False)])
 def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lora, finetune, merge):
     """``model.lean_decode`` (preallocated cache, one mask) against one transformers forward per token: the same
     greedy text and the same sampled tokens and log-probs under the same seed, LoRA merged and unmerged, and a full
     fine-tuning policy (no peft layers)."""
-    from dataclasses import replace
 
     from lit3drft.models import decode
 
@@ -216,16 +233,7 @@ def test_lean_decoder_equals_the_transformers_step(make_cfg, samples, perturb_lo
     if finetune == "lora":
         perturb_lora(policy, seed=7, scale=0.2)
     assert decode.supports(policy.hf_model)
-    out = {}
-    for lean in (True, False):
-        policy.cfg = replace(policy.cfg, lean_decode=lean)
-        torch.manual_seed(3)
-        r = policy.generate_group(samples, num_generations=3, max_new_tokens=10, merge_adapter=merge)
-        out[lean] = (policy.generate(samples, max_new_tokens=10), r)
-    assert out[True][0] == out[False][0]
-    a, b = out[True][1], out[False][1]
-    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
-    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
+    _same_decoding_both_ways(policy, samples, "lean_decode", seed=3, generations=3, tokens=10, merge=merge)
 
 
 @pytest.mark.parametrize("merge", [False, True])
@@ -234,7 +242,6 @@ def test_dropping_stopped_rows_changes_nothing(make_cfg, samples, perturb_lora, 
     tokens), the decode batch shrinks (``LeanDecoder.select`` runs) and the sampled tokens, masks and log-probs are
     those of the decoder that runs every row to the end, under the same seed; the log-probs still equal
     ``sequence_logprobs``; greedy text is unchanged."""
-    from dataclasses import replace
 
     from lit3drft.models import decode
 
@@ -247,18 +254,9 @@ def test_dropping_stopped_rows_changes_nothing(make_cfg, samples, perturb_lora, 
     original = decode.LeanDecoder.select
     monkeypatch.setattr(decode.LeanDecoder, "select", lambda self, rows: (selected.append(len(rows)),
                                                                           original(self, rows))[1])  # fmt: skip
-    out = {}
-    for compact in (True, False):
-        policy.cfg = replace(policy.cfg, compact_decode=compact)
-        torch.manual_seed(11)
-        r = policy.generate_group(samples, num_generations=6, max_new_tokens=24, merge_adapter=merge)
-        out[compact] = (policy.generate(samples, max_new_tokens=24), r)
-    lengths = out[True][1].completion_mask.sum(1)
+    a = _same_decoding_both_ways(policy, samples, "compact_decode", seed=11, generations=6, tokens=24, merge=merge)
+    lengths = a.completion_mask.sum(1)
     assert selected and len(set(lengths.tolist())) > 3, (selected, lengths)
-    a, b = out[True][1], out[False][1]
-    assert out[True][0] == out[False][0]
-    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
-    assert (a.logprobs - b.logprobs).abs().max() < 1e-5
     with torch.no_grad():
         full = policy.sequence_logprobs(a)
     m = a.completion_mask.bool()
