@@ -233,8 +233,7 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
 def grounding_sample(sample: Sample) -> Sample:
     """The grounding question of ``meta["grounding"]`` on ``sample``'s clip, in the benchmark's format."""
     g = sample.meta["grounding"]
-    desc = g["description"]
-    text = P.GROUNDING_PROMPT.format(description=desc[0].upper() + desc[1:] + ".")
+    text = P.grounding_question(g["description"])
     target = {"task": "grounding", "mode": sample.mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
               "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
     return replace(sample, task="grounding", prompt=P.full_prompt(text, sample.mode),

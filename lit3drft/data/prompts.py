@@ -109,6 +109,12 @@ GROUNDING_PROMPT = (
 """Grounding prompt (VG-LLM's ScanRefer wording, with the paper's "largest" answer frame)."""
 
 
+def grounding_question(description: str) -> str:
+    """``GROUNDING_PROMPT`` for a referring expression, written as a sentence (first letter upper-cased, a full
+    stop): the benchmark's grounding rows and the pretraining stream's grounding clips ask it alike."""
+    return GROUNDING_PROMPT.format(description=description[0].upper() + description[1:] + ".")
+
+
 def frame_label(i: int) -> str:
     """Text placed before frame ``i`` (0-based) of a grounding sample: ``"Frame-3: "``."""
     return f"Frame-{i}: "

@@ -145,7 +145,7 @@ def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samp
         k = int(px[:, t].argmax())
         bbox = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
         human = "".join(P.frame_label(i) + P.IMAGE_TOKEN for i in range(n_frames))
-        human += "\n" + P.GROUNDING_PROMPT.format(description=desc[0].upper() + desc[1:] + ".")
+        human += "\n" + P.grounding_question(desc)
         think += f" It looks largest in Frame-{k}, {bbox[2]:.2f} m in front of the camera."
         rows.append(
             {

@@ -161,17 +161,12 @@ class PretrainModule(PolicyModule):
         was_training = self.policy.training
         self.policy.eval()
         ce, losses = self._forward(batch)
-        swapped = [replace(s, frames=samples[(i + 1) % len(samples)].frames) for i, s in enumerate(samples)]
-        ce_swap = answer_only_cross_entropy(self.policy(self.policy.collate(swapped, with_answer=True)).logits,
-                                            self.policy.to_device(batch["inputs"])["labels"])  # fmt: skip
+        ce_swap = self._answer_ce(samples, self.policy.to_device(batch["inputs"])["labels"], swap=True)
         completions = self.policy.generate(samples, max_new_tokens=self.eval_cfg.max_new_tokens)
         row = {}
         if self.pretrain_cfg.box2d_share > 0:  # the same clips asked for the first frame's 2D boxes
             flat = [box2d_sample(s) for s in samples]
-            labels = self.policy.to_device(self.policy.collate(flat, with_answer=True))["labels"]
-            ce2 = [answer_only_cross_entropy(self.policy(self.policy.collate(x, with_answer=True)).logits, labels)
-                   for x in (flat, [replace(s, frames=flat[(i + 1) % len(flat)].frames) for i, s in enumerate(flat)])]  # fmt: skip
-            row["box2d/swap_gap"] = (ce2[1] - ce2[0]).item()
+            row["box2d/swap_gap"] = self._swap_gap(flat)
             out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
             row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
         if self.pretrain_cfg.grounding_share > 0:
@@ -190,15 +185,24 @@ class PretrainModule(PolicyModule):
         flat = [grounding_sample(s) for s in samples if s.meta.get("grounding")]
         if len(flat) < 2:  # a swap needs another clip
             return {}
-        labels = self.policy.to_device(self.policy.collate(flat, with_answer=True))["labels"]
-        swapped = [replace(s, frames=flat[(i + 1) % len(flat)].frames) for i, s in enumerate(flat)]
-        ce = [answer_only_cross_entropy(self.policy(self.policy.collate(x, with_answer=True)).logits, labels)
-              for x in (flat, swapped)]  # fmt: skip
+        swap_gap = self._swap_gap(flat)
         completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
         frame_score, iou, parsed = grounding_scores(completions, [s.target for s in flat])
-        return {"grounding/swap_gap": (ce[1] - ce[0]).item(), "grounding/acc25": (iou >= 0.25).float().mean().item(),
+        return {"grounding/swap_gap": swap_gap, "grounding/acc25": (iou >= 0.25).float().mean().item(),
                 "grounding/miou": iou.mean().item(), "grounding/frame_acc": (frame_score == 1).float().mean().item(),
                 "grounding/parsed": parsed.float().mean().item()}  # fmt: skip
+
+    def _answer_ce(self, samples: list, labels: Tensor, swap: bool = False) -> Tensor:
+        """Answer-only cross-entropy (nats/token) of ``samples``; with ``swap``, each asked on the next sample's
+        frames instead (the image-swap probe: what the answer owes to the pixels)."""
+        if swap:
+            samples = [replace(s, frames=samples[(i + 1) % len(samples)].frames) for i, s in enumerate(samples)]
+        return answer_only_cross_entropy(self.policy(self.policy.collate(samples, with_answer=True)).logits, labels)
+
+    def _swap_gap(self, samples: list) -> float:
+        """Answer cross-entropy on another sample's frames minus on the sample's own, nats/token."""
+        labels = self.policy.to_device(self.policy.collate(samples, with_answer=True))["labels"]
+        return (self._answer_ce(samples, labels, swap=True) - self._answer_ce(samples, labels)).item()
 
     def on_validation_epoch_end(self) -> None:
         values = {}
@@ -220,7 +224,6 @@ class PretrainModule(PolicyModule):
         checkpoint["state_dict"].update(heads)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def scale_geometry_prior(policy: Any, inputs: dict[str, Tensor], ratio: float) -> tuple[float, float] | None:
     """Give a fresh (all-zero output layer) geometry prior a random output layer whose tokens' mean norm is
