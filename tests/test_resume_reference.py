@@ -45,11 +45,14 @@ def _logits(policy, batch) -> torch.Tensor:
         return policy.eval()(policy.to_device(batch)).logits.float()
 
 
-@pytest.mark.parametrize("finetune", ["lora", "qlora", "full"])
+@pytest.mark.parametrize("finetune", ["lora", "qlora", "full", "lora+prior"])
 def test_reference_after_kill_and_resume_inside_grpo_is_the_sft_policy(run_overrides, tmp_path, extra_callbacks,
                                                                        finetune) -> None:  # fmt: skip
+    """``lora+prior``: the points prior trained too (``freeze_geometry`` off): the reference keeps the SFT prior."""
+    finetune, _, prior = finetune.partition("+")
+    prior_overrides = ["model.geometry=points", "model.freeze_geometry=false"] if prior else []
     cfg = load_config(ROOT / "experiments" / "sft_tiny.yaml", [
-        *run_overrides, f"output_dir={tmp_path}", f"model.finetune={finetune}", "grpo.beta=0.04",
+        *run_overrides, *prior_overrides, f"output_dir={tmp_path}", f"model.finetune={finetune}", "grpo.beta=0.04",
         "stages=[{kind: sft, max_steps: 3, lr: 2.0e-2}, {kind: grpo, max_steps: 4, lr: 1.0e-2}]",
         "trainer.checkpoint_every_n_steps=1", "eval.splits=[]",
     ])  # fmt: skip

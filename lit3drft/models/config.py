@@ -76,7 +76,8 @@ class ModelConfig:
     freeze_llm: bool = False
     """Freeze the language model under full fine-tuning (e.g. to train only the geometry prior)."""
     freeze_geometry: bool = False
-    """Freeze the geometry prior (encoder and merger)."""
+    """Freeze the geometry prior (encoder and merger). Trainable, it is part of the GRPO reference snapshot (the
+    prior of the stage's start), and the visual features are recomputed for every pass of a step."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
     mrope_section: list[int] | None = None

@@ -56,7 +56,9 @@ class Policy(nn.Module):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.reference_model: nn.Module | None = None  # frozen copy (full fine-tuning), made on demand
-        self._in_reference = False
+        self.reference_geometry: nn.Module | None = None  # frozen copy of a trainable geometry prior, at a snapshot
+        self._in_reference = False  # inside reference() with a full-FT copy: hf_model is the copy
+        self._reference_active = False  # inside reference(), any mode: encode_visual uses reference_geometry
         tok = self.tokenizer
         self.pad_token_id = (
             tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
@@ -125,9 +127,16 @@ class Policy(nn.Module):
 
         LoRA/QLoRA: the frozen ``reference`` adapter once a snapshot exists (the SFT policy in an SFT -> GRPO run),
         else the adapter disabled (the base, which is where a fresh adapter starts). Full fine-tuning: a frozen copy,
-        taken at the first call if no snapshot exists. The geometry prior keeps its current weights (freeze it with
-        ``model.freeze_geometry`` for a fixed reference).
+        taken at the first call if no snapshot exists. A trainable geometry prior is the frozen copy the snapshot
+        took (without a snapshot, under LoRA, its current weights: a fresh adapter's reference is the base).
         """
+        self._reference_active = True
+        try:
+            yield from self._reference_weights()
+        finally:
+            self._reference_active = False
+
+    def _reference_weights(self) -> Iterator[None]:
         if self.uses_adapter:
             if REFERENCE_ADAPTER not in self.model.peft_config:
                 with self.model.disable_adapter():
@@ -206,6 +215,9 @@ class Policy(nn.Module):
         would be lossy under QLoRA (4-bit weights) and would make a stage's ``trainable.pt`` (adapter only)
         meaningless without the merged base, so the run directory could no longer be evaluated from its files.
         """
+        trainable_prior = self.geometry is not None and any(p.requires_grad for p in self.geometry.parameters())
+        geo = copy.deepcopy(self.geometry).eval().requires_grad_(False) if trainable_prior else None
+        object.__setattr__(self, "reference_geometry", geo)  # not a submodule: stays out of state_dict
         if not self.uses_adapter:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
             object.__setattr__(self, "reference_model", ref)  # not a submodule: stays out of state_dict
@@ -347,9 +359,11 @@ class Policy(nn.Module):
                 continue
             get = self.core.get_image_features if kind == "image" else self.core.get_video_features
             feats = list(get(batch[pix], batch[grid], return_dict=True).pooler_output)
-            if self.geometry is not None:
+            geometry = self.reference_geometry if self._reference_active else None
+            geometry = geometry if geometry is not None else self.geometry
+            if geometry is not None:
                 geo_in = {k: batch[k] for k in ("geometry_values", "geometry_frames") if k in batch}
-                add = self.geometry(grid_thw=batch[grid], **geo_in).to(feats[0].dtype)  # (sum tokens_i, D)
+                add = geometry(grid_thw=batch[grid], **geo_in).to(feats[0].dtype)  # (sum tokens_i, D)
                 feats = list(torch.cat(feats).add(add).split([len(f) for f in feats]))
             out[kind] = feats
         return out

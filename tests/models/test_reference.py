@@ -109,3 +109,30 @@ def check_reference_is_the_sft_policy(policy, batch, perturb_lora) -> None:
 def test_lora_reference_after_sft_is_the_sft_policy_not_the_base(make_cfg, samples, perturb_lora):
     policy = build_policy(make_cfg()).eval()
     check_reference_is_the_sft_policy(policy, policy.collate(samples), perturb_lora)
+
+
+def test_trainable_geometry_prior_is_snapshotted_in_the_reference(make_cfg, samples, perturb_lora):
+    """With ``freeze_geometry`` off, GRPO moves the prior too: the reference keeps the prior of the snapshot, in
+    LoRA and full fine-tuning alike, and the snapshot stays out of ``state_dict`` (and of the trainable weights)."""
+    for finetune in ("lora", "full"):
+        policy = build_policy(make_cfg(finetune=finetune, geometry="points", freeze_geometry=False)).eval()
+        batch = policy.collate(samples, with_answer=True)
+        if finetune == "lora":
+            perturb_lora(policy, seed=5)
+        with torch.no_grad():  # a prior that matters (its output layer starts at zero)
+            for p in policy.geometry.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+        trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+        assert any(n.startswith("geometry.") for n in trainable)
+        policy.snapshot_reference()
+        before = _logits(policy, batch)
+        with torch.no_grad():  # "GRPO" moves the prior only
+            for p in policy.geometry.parameters():
+                p.add_(0.2)
+        after = _logits(policy, batch)
+        with torch.no_grad(), policy.reference():
+            ref = policy(batch).logits
+        assert torch.equal(ref, before) and not torch.allclose(after, before, atol=1e-3), finetune
+        assert torch.equal(_logits(policy, batch), after)  # out of the block: the current prior again
+        assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable
+        assert not any(k.startswith("reference_geometry") for k in policy.state_dict())
