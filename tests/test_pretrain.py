@@ -207,6 +207,31 @@ def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides,
     assert "answer" not in plain.heads and "answer_box" not in plain._forward(batch)[1]
 
 
+def test_the_answer_box_loss_supervises_a_grounding_answer_with_its_frames_box(run_overrides, tmp_path) -> None:
+    """A grounding answer's box numbers are supervised with its target box (in the answered frame's camera), so
+    the head's loss changes when only that box changes."""
+    from lit3drft.algorithms.dense import answer_box_positions
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.answer_box_weight=1.0", "pretrain.grounding_share=1.0")
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 8)
+    item = next(x for x in (data[i] for i in range(8)) if x[0].target["task"] == "grounding")
+    batch = collate_perception([item], policy)
+    labels = batch["inputs"]["labels"][0].tolist()
+    tokens = [policy.tokenizer.decode([t]) for t in labels if t != -100]
+    box = batch["targets"][0]["bbox_3d"]
+    pairs = answer_box_positions(tokens, 1)
+    assert pairs and all(f"{v:g}" in "".join(tokens[i] for i, _ in pairs) for v in box[:3])
+    with torch.no_grad():
+        _, losses = module._forward(batch)
+        batch["targets"][0]["bbox_3d"] = [v + 5.0 for v in box]
+        _, moved = module._forward(batch)
+    assert torch.isfinite(losses["answer_box"]) and losses["answer_box"] > 0
+    assert moved["answer_box"] != losses["answer_box"]
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""

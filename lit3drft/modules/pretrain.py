@@ -82,12 +82,13 @@ class PretrainModule(PolicyModule):
         return ce, losses
 
     def _answer_box_loss(self, hidden: Tensor, labels: Tensor, targets: list[dict]) -> Tensor:
-        """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens."""
+        """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens
+        (a detection answer's boxes in the first camera; a grounding answer's box in its answered frame's camera)."""
         tok = self.policy.tokenizer
         rows, cols, boxes = [], [], []
         for r, (row, target) in enumerate(zip(labels.tolist(), targets)):
             where = [j for j, t in enumerate(row) if t != -100]
-            gt = target.get("boxes") or []
+            gt = target.get("boxes") or ([target["bbox_3d"]] if target.get("task") == "grounding" else [])
             for i, k in answer_box_positions([tok.decode([row[j]]) for j in where], len(gt)):
                 rows.append(r)
                 cols.append(where[i] - 1)  # the state that predicts answer token where[i]
