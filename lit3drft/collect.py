@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 META_COLUMNS = ("run", "wall_time_s", "commit", "device")
@@ -86,9 +88,13 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
+STAT_SUFFIXES = (" mean", " std", " n", " ci_lo", " ci_hi", " sign_p")
+"""Suffixes of the statistics columns of :func:`summarise` and :func:`paired_differences` (the rest are keys)."""
+
+
 def markdown_table(summary: pd.DataFrame, metrics: list[str] | None = None, scale: float = 1.0) -> str:
     """``mean ± std (n)`` cells (× ``scale``; task metrics are already × 100) for the chosen metrics, keys first."""
-    key_cols = [c for c in summary.columns if not c.endswith((" mean", " std", " n"))]
+    key_cols = [c for c in summary.columns if not c.endswith(STAT_SUFFIXES)]
     present = sorted({c.rsplit(" ", 1)[0] for c in summary.columns if c.endswith(" mean")})
     wanted = [m for m in (metrics or DEFAULT_METRICS) if m in present] or present
     header = [*key_cols, *(m.removeprefix("test/") for m in wanted)]
@@ -135,7 +141,8 @@ def collect(
 
 
 def paired_differences(runs: pd.DataFrame, key: str, baseline: str) -> pd.DataFrame:
-    """Per-seed differences against ``key == baseline`` at equal values of the other swept keys: mean, std, n.
+    """Per-seed differences against ``key == baseline`` at equal values of the other swept keys: mean, std, n, the
+    95 % t-interval of the mean (``ci_lo``, ``ci_hi``) and the sign test's p-value (``sign_p``; :func:`paired_test`).
 
     For grids whose arms share a seed-determined prefix (every ``strategy`` arm of ``ablation_strategy``
     starts from a bit-identical SFT stage per seed), the difference on the same seed removes the seed's own
@@ -159,7 +166,67 @@ def paired_differences(runs: pd.DataFrame, key: str, baseline: str) -> pd.DataFr
     rest = runs[runs[key] != baseline].set_index([*others, "seed"])
     diff = rest[metrics].sub(base.reindex(rest.index)).assign(**{key: rest[key]}).reset_index()
     diff = diff.dropna(subset=metrics, how="all")  # a seed whose baseline run is missing pairs with nothing
-    return summarise(diff)
+    summary = summarise(diff)
+    group = [k for k in [key, *others] if k in summary.columns]
+    extra = []
+    for _, row in summary.iterrows():
+        sel = np.logical_and.reduce([diff[k].astype(str) == str(row[k]) for k in group]) if group else slice(None)
+        cells = {}
+        for m in metrics:
+            lo, hi, p = paired_test(diff.loc[sel, m].dropna().to_numpy(float))
+            cells.update({f"{m} ci_lo": lo, f"{m} ci_hi": hi, f"{m} sign_p": p})
+        extra.append(cells)
+    return pd.concat([summary, pd.DataFrame(extra, index=summary.index)], axis=1)
+
+
+def paired_test(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """``(lo, hi, p)`` for per-seed differences ``d``: the ``level`` t-interval of their mean (NaN below 2 pairs; a
+    point when every difference is equal) and the two-sided exact sign test's p-value (ties dropped; 1.0 if all tie).
+
+    Example:
+        >>> [round(float(v), 3) for v in paired_test(np.array([3.0, 1.0, 4.0]))]
+        [-1.128, 6.461, 0.25]
+    """
+    n = len(d)
+    if n < 2:
+        lo = hi = float("nan")
+    else:
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
+        lo, hi = float(d.mean() - half), float(d.mean() + half)
+    signs = d[d != 0]
+    p = float(stats.binomtest(int((signs > 0).sum()), len(signs)).pvalue) if len(signs) else 1.0
+    return lo, hi, p
+
+
+def verdict(lo: float, hi: float, expected: int) -> str:
+    """``"reproduced"`` when the interval ``[lo, hi]`` excludes 0 on the side of the paper's sign ``expected``
+    (+1 or -1), ``"reversed"`` when it excludes 0 on the other side, else ``"not resolved"`` (NaN included).
+
+    Example:
+        >>> verdict(0.5, 3.0, +1), verdict(-4.0, -1.0, +1), verdict(-1.0, 2.0, +1)
+        ('reproduced', 'reversed', 'not resolved')
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 <= hi:
+        return "not resolved"
+    return "reproduced" if (lo > 0) == (expected > 0) else "reversed"
+
+
+def paired_markdown(paired: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """``mean [lo, hi] p (n)`` cells of :func:`paired_differences`: the mean per-seed difference, its 95 % t-interval
+    and the sign test's p-value."""
+    key_cols = [c for c in paired.columns if not c.endswith(STAT_SUFFIXES)]
+    present = sorted({c.rsplit(" ", 1)[0] for c in paired.columns if c.endswith(" mean")})
+    wanted = [m for m in (metrics or DEFAULT_METRICS) if m in present] or present
+    lines = ["| " + " | ".join([*key_cols, *(m.removeprefix("test/") for m in wanted)]) + " |",
+             "|" + "---|" * (len(key_cols) + len(wanted))]  # fmt: skip
+    for _, row in paired.iterrows():
+        cells = [str(row[c]) for c in key_cols]
+        for m in wanted:
+            lo, hi = row[f"{m} ci_lo"], row[f"{m} ci_hi"]
+            ci = "[–]" if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
+            cells.append(f"{row[f'{m} mean']:+.1f} {ci} p={row[f'{m} sign_p']:.2f} ({int(row[f'{m} n'])})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 PLOT_METRICS = ("test/detection/f1", "test/grounding/acc@0.25", "test/spatial/overall", "test/format_rate")
@@ -249,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             out = Path(args.results_dir) / name
             paired.to_csv(out / "paired.csv", index=False)
-            md = f"Per-seed differences against {key} = {baseline} (same seed), mean ± std (n pairs):\n\n"
-            (out / "paired.md").write_text(md + markdown_table(paired))
+            md = (
+                f"Per-seed differences against {key} = {baseline} (same seed): mean, 95 % t-interval, two-sided "
+                "sign-test p-value (n pairs):\n\n"
+            )
+            (out / "paired.md").write_text(md + paired_markdown(paired))
             print((out / "paired.md").read_text())
     return 0
 

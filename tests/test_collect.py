@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from lit3drft.collect import collect, markdown_table, summarise
 
@@ -98,7 +99,7 @@ def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_
 
 
 def test_paired_differences_by_hand() -> None:
-    from lit3drft.collect import paired_differences
+    from lit3drft.collect import paired_differences, paired_markdown
 
     rows = []
     values = {("sft", "none"): [30.0, 40.0, 35.0], ("rl", "none"): [33.0, 41.0, 39.0],
@@ -117,3 +118,22 @@ def test_paired_differences_by_hand() -> None:
     )
     with pytest.raises(ValueError, match="not in the runs"):
         paired_differences(pd.DataFrame(rows), "arm", "sft_sft")
+    # the interval is scipy's one-sample t-interval of the differences; the sign test by hand: 3 of 3 positive
+    ci = stats.ttest_1samp(none, 0.0).confidence_interval(0.95)
+    assert np.allclose([out.loc[("rl", "none"), "test/x ci_lo"], out.loc[("rl", "none"), "test/x ci_hi"]], ci)
+    assert np.isclose(out.loc[("rl", "none"), "test/x sign_p"], 2 * 0.5**3)
+    assert np.isclose(out.loc[("rl", "depth"), "test/x sign_p"], 1.0)  # one up, one down
+    md = paired_markdown(out.reset_index())
+    assert "+2.7 [" in md and "p=0.25 (3)" in md and "| rl | none |" in md
+
+
+def test_the_sign_test_drops_ties_and_the_verdict_needs_an_interval_that_excludes_zero() -> None:
+    from lit3drft.collect import paired_test, verdict
+
+    lo, hi, p = paired_test(np.array([0.0, 2.0, 3.0]))
+    assert np.isclose(p, 2 * 0.5**2) and lo < 0 < hi  # the tie is dropped: 2 of 2 positive
+    assert paired_test(np.array([0.0, 0.0]))[2] == 1.0
+    lo, hi, _ = paired_test(np.array([1.5]))
+    assert np.isnan(lo) and np.isnan(hi) and verdict(lo, hi, +1) == "not resolved"
+    lo, hi, _ = paired_test(np.array([2.0, 2.5, 3.0, 2.2]))
+    assert verdict(lo, hi, +1) == "reproduced" and verdict(lo, hi, -1) == "reversed"
