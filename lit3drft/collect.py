@@ -261,7 +261,8 @@ def write_plots(
     stem: str = "",
 ) -> list[Path]:
     """``summary<stem>.png`` (bars, mean ± std over seeds) and, when the runs' event files are here,
-    ``curves.png``; a plot with nothing to show is skipped with a message, never an error after the tables."""
+    ``curves.png`` and ``curves.csv`` (the seed-mean GRPO curves, which the notebook plots without the runs); a
+    plot with nothing to show is skipped with a message, never an error after the tables."""
     from lit3drft.plots import plot_curves, plot_summary
 
     out = Path(results_dir) / experiment
@@ -277,6 +278,8 @@ def write_plots(
             file=sys.stderr,
         )
         return written
+    c.to_csv(out / "curves.csv", index=False)
+    written.append(out / "curves.csv")
     try:
         written.append(plot_curves(c, out / "curves.png", by="setting"))
     except ValueError as err:

@@ -18,7 +18,9 @@ CURVE_TAGS = (
     "train/reward/detection/f1",
     "train/reward/grounding/iou",
     "train/kl",
+    "train/entropy",
     "train/completion_length",
+    "train/zero_std_groups",
 )
 """Training curves worth a panel each when present (the paper's reward-dynamics figure uses IoU and F1)."""
 

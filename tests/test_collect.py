@@ -89,8 +89,10 @@ def test_setting_curves_are_seed_means_of_grpo_stages_and_plots_are_written(tmp_
     runs.to_csv(tmp_path / "results" / "exp" / "runs.csv", index=False)
     summary = collect("exp", tmp_path / "results")
     pngs = write_plots("exp", rows, summary, tmp_path / "results", tmp_path / "runs")
-    assert [p.name for p in pngs] == ["summary.png", "curves.png"]
-    assert all(Image.open(p).size[0] > 100 for p in pngs)
+    assert [p.name for p in pngs] == ["summary.png", "curves.csv", "curves.png"]
+    assert all(Image.open(p).size[0] > 100 for p in pngs if p.suffix == ".png")
+    saved = pd.read_csv(pngs[1])  # the seed-mean curves, for the notebook without the runs
+    assert list(saved.columns) == ["setting", "tag", "step", "value", "n"] and len(saved) > 0
     assert [p.name for p in write_plots("exp", rows, summary, tmp_path / "results", tmp_path / "none")] == [
         "summary.png"
     ]

@@ -18,6 +18,7 @@ import torch
 from nbclient import NotebookClient
 
 from lit3drft.collect import collect
+from lit3drft.collect import main as collect_main
 from lit3drft.sweep import read_rows, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ def _grid(tmp_path: Path, experiment: str, sweep_block: str) -> Path:
 def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path) -> None:
     grid = _grid(tmp_path, "smoke_grid", "  stages.0.lr: [1.0e-3, 1.0e-4]\n  seed: [0]\n")
     results, runs = tmp_path / "results", tmp_path / "runs"
-    overrides = [*run_overrides, f"output_dir={runs}", "stages=[{kind: sft, max_steps: 2}]"]
+    stages = "stages=[{kind: sft, max_steps: 2}, {kind: grpo, max_steps: 2, batch_size: 2}]"  # GRPO curves too
+    overrides = [*run_overrides, f"output_dir={runs}", stages]
     rows = sweep(str(grid), overrides, scale="full", jobs=1, results_dir=results)
     assert len(rows) == 2
     csv_path = results / "smoke_grid" / "runs.csv"
@@ -50,9 +52,27 @@ def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path
     assert summary["test/format_rate n"].tolist() == [1, 1]
     assert (results / "smoke_grid" / "table.md").read_text().count("\n") == 4
 
+    assert collect_main(["smoke_grid", "--results-dir", str(results), "--runs-dir", str(runs), "--plots",
+                         "--paired", "stages.0.lr=0.001"]) == 0  # fmt: skip
+    saved = pd.read_csv(results / "smoke_grid" / "curves.csv")
+    assert {"train/entropy", "train/zero_std_groups", "train/reward"} <= set(saved["tag"])
+    assert len(pd.read_csv(results / "smoke_grid" / "paired.csv")) == 1
+
     nb = nbformat.read(ROOT / "notebooks" / "ablations.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    env = {"LIT3DRFT_RESULTS": str(results), "LIT3DRFT_RUNS": str(runs)}
+    for runs_dir in (runs, tmp_path / "no_runs"):  # curves from the runs' event files, then from curves.csv
+        (results / "smoke_grid" / "curves.png").unlink(missing_ok=True)
+        text = _execute(nb, tmp_path, {"LIT3DRFT_RESULTS": str(results), "LIT3DRFT_RUNS": str(runs_dir)})
+        assert (results / "smoke_grid" / "curves.png").exists(), text
+        assert "sign-test p" in text and "train/entropy" in text
+    assert "curves from " + str(results / "smoke_grid" / "curves.csv") in text
+    assert (results / "smoke_grid" / "summary.png").exists()
+    assert isinstance(pd.read_csv(results / "smoke_grid" / "table.csv"), pd.DataFrame)
+
+
+def _execute(nb, tmp_path: Path, env: dict[str, str]) -> str:
+    """Run a copy of ``nb`` with ``env`` set; its printed output, all cells joined."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -62,8 +82,7 @@ def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    assert (results / "smoke_grid" / "summary.png").exists()
-    assert isinstance(pd.read_csv(results / "smoke_grid" / "table.csv"), pd.DataFrame)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def _wait_for(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
