@@ -115,7 +115,7 @@ def build_datamodule(cfg: RunConfig, policy: Any, stage: StageConfig | None) -> 
     data = dataclasses.replace(
         cfg.data,
         seed=cfg.data.seed + cfg.seed,
-        load_depth=cfg.data.load_depth or cfg.model.geometry in ("depth", "points"),
+        load_depth=cfg.data.load_depth or cfg.model.geometry in ("depth", "points", "points_own"),
     )
     if stage is not None and stage.batch_size:
         data = dataclasses.replace(data, batch_size=stage.batch_size)

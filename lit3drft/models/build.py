@@ -250,10 +250,17 @@ def load_geometry_prior(geometry: nn.Module, path: str | Path, cfg: ModelConfig)
     with safe_open(str(file), "pt") as f:
         meta = f.metadata() or {}
     made = (meta.get("geometry"), meta.get("geometry_dim"))
-    if made != (cfg.geometry, str(cfg.geometry_dim)):
+    widened = made == ("points", str(cfg.geometry_dim)) and cfg.geometry == "points_own"
+    if made != (cfg.geometry, str(cfg.geometry_dim)) and not widened:
         raise ValueError(f"{file}: a geometry prior made for model.geometry={made[0]}, geometry_dim={made[1]}; this "
                          f"run has model.geometry={cfg.geometry}, geometry_dim={cfg.geometry_dim}")  # fmt: skip
     state = {k: v.float() for k, v in load_file(str(file)).items()}
+    if widened:  # the own-camera channels come after the points prior's four: their weights start at zero
+        old = state["embed.0.weight"]
+        new = torch.zeros_like(geometry.embed[0].weight, dtype=old.dtype)
+        new[:, : old.shape[1]] = old
+        state["embed.0.weight"] = new
+        log.info("%s: a points prior, widened to points_own (own-camera channels start at zero)", file)
     geometry.load_state_dict(state, strict=True)
     return True
 
@@ -263,8 +270,8 @@ def export_pretrained(policy: Policy, path: str | Path, dtype: torch.dtype = tor
     generation config) that ``model.pretrained`` loads like a downloaded checkpoint. Adapters are merged first.
     A trained ``depth`` prior is written beside it (``GEOMETRY_FILE``), which ``build_policy`` loads when the run
     has the same ``model.geometry``; a frozen ``vggt`` prior is not exported (its checkpoint is external)."""
-    if policy.geometry is not None and policy.cfg.geometry not in ("depth", "points"):
-        raise NotImplementedError(f"export_pretrained: model.geometry={policy.cfg.geometry} (only depth and points "
+    if policy.geometry is not None and policy.cfg.geometry not in ("depth", "points", "points_own"):
+        raise NotImplementedError(f"export_pretrained: model.geometry={policy.cfg.geometry} (only depth and point-map "
                                   "priors are exported)")  # fmt: skip
     path = Path(path)
     if policy.geometry is not None:

@@ -7,7 +7,7 @@ from typing import Literal
 
 Finetune = Literal["lora", "qlora", "full"]
 FramesAs = Literal["images", "video"]
-Geometry = Literal["none", "depth", "points", "vggt"]
+Geometry = Literal["none", "depth", "points", "points_own", "vggt"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -112,7 +112,8 @@ class ModelConfig:
 
     geometry: Geometry = "none"
     """3D geometry prior added to the visual tokens: ``none``, ``depth`` (depth + camera-ray maps), ``points`` (point
-    maps in the first frame's camera, from depth and poses: VGGT's output, from the sensor) or ``vggt``."""
+    maps in the first frame's camera, from depth and poses: VGGT's output, from the sensor), ``points_own`` (those and
+    each pixel's point in its own frame's camera: VGGT's point and depth heads together) or ``vggt``."""
     geometry_dim: int = 64
     """Width of the depth encoder's per-patch features."""
     vggt_path: str = ""

@@ -10,6 +10,10 @@ Here the encoder is pluggable:
   (from depth, intrinsics and the frames' poses, ``Sample.cam2world``), which is what VGGT's point head
   predicts from RGB alone; here it comes from the source's depth and poses (ScanNet's RGB-D sensor and
   its camera trajectory; the renderer's for the embedded benchmark), an oracle-geometry stand-in for VGGT.
+- ``points_own``: ``points`` plus every pixel's 3D point in **its own frame's camera** (7 channels): what VGGT's
+  point head and its depth head (with the camera head's intrinsics) give together. The grounding answer's box is
+  in the answered frame's own camera, which ``points`` leaves the model to infer from depth and patch position
+  alone; a ``points`` prior loads into it with the new channels' weights at zero (the same features at step 0).
 - ``vggt``: a frozen VGGT aggregator loaded from a local checkpoint (needs the ``vggt`` package and weights).
 
 Alignment with Qwen's tokens: the image processor flattens each frame into patches ordered
@@ -29,6 +33,9 @@ from torch import Tensor, nn
 GEOMETRY_CHANNELS = 4
 """Input channels per pixel of the ``depth`` encoder (log(1 + depth) and the unit camera-ray direction) and of the
 ``points`` encoder (the first camera's x, y, z and log(1 + depth))."""
+
+CHANNELS: dict[str, int] = {"depth": GEOMETRY_CHANNELS, "points": GEOMETRY_CHANNELS, "points_own": GEOMETRY_CHANNELS + 3}
+"""Input channels per pixel of each map-based prior: ``points_own`` appends the frame's own-camera x, y, z."""
 
 
 def _pixel_rays(h: int, w: int, intrinsics: np.ndarray) -> Tensor:
@@ -56,11 +63,14 @@ def depth_ray_map(depth: np.ndarray, intrinsics: np.ndarray) -> Tensor:
     return torch.cat([d, rays])
 
 
-def point_map(depth: np.ndarray, intrinsics: np.ndarray, cam2world: np.ndarray, first2world: np.ndarray) -> Tensor:
-    """``(4, H, W)`` map: each pixel's 3D point (metres) in the camera of ``first2world`` and ``log1p(depth)``.
+def point_map(depth: np.ndarray, intrinsics: np.ndarray, cam2world: np.ndarray, first2world: np.ndarray,
+              own: bool = False) -> Tensor:  # fmt: skip
+    """``(4, H, W)`` map: each pixel's 3D point (metres) in the camera of ``first2world`` and ``log1p(depth)``;
+    with ``own``, ``(7, H, W)``: then the point in the frame's own camera (``points_own``).
 
     ``depth`` is camera depth (z, OpenCV convention), ``cam2world`` the frame's pose, ``first2world`` the first
-    frame's: every frame's points share one coordinate system, the one detection boxes are given in.
+    frame's: every frame's points share one coordinate system, the one detection boxes are given in; the own-camera
+    points are those a grounding answer's box is given in.
 
     Example:
         >>> k = np.array([[2.0, 0, 2], [0, 2.0, 2], [0, 0, 1]])
@@ -68,13 +78,18 @@ def point_map(depth: np.ndarray, intrinsics: np.ndarray, cam2world: np.ndarray, 
         >>> m = point_map(np.full((4, 4), 3.0, np.float32), k, shifted, np.eye(4))
         >>> [round(float(v), 3) for v in m[:3, 3, 3]]  # pixel (3, 3): 1.5 m right of and below the axis
         [2.5, 1.5, 3.0]
+        >>> [round(float(v), 3) for v in point_map(np.full((4, 4), 3.0, np.float32), k, shifted, np.eye(4), own=True)[4:, 3, 3]]
+        [1.5, 1.5, 3.0]
     """
     h, w = depth.shape
     z = torch.as_tensor(depth, dtype=torch.float64).clamp_min(0).reshape(1, -1)
     cam = _pixel_rays(h, w, intrinsics) * z
     rel = torch.linalg.inv(torch.as_tensor(first2world, dtype=torch.float64)) @ torch.as_tensor(cam2world).double()
     pts = (rel[:3, :3] @ cam + rel[:3, 3:]).reshape(3, h, w).float()
-    return torch.cat([pts, torch.log1p(z.float()).reshape(1, h, w)])
+    maps = [pts, torch.log1p(z.float()).reshape(1, h, w)]
+    if own:
+        maps.append(cam.reshape(3, h, w).float())
+    return torch.cat(maps)
 
 
 def geometry_patches(entries: list[list[Tensor]], grid_thw: Tensor, patch: int, merge: int, temporal: int) -> Tensor:
@@ -124,14 +139,14 @@ class PatchMerger(nn.Module):
 class DepthGeometryEncoder(nn.Module):
     """Trainable encoder of depth + ray maps: patch embedding (a stride-``patch`` conv as a Linear) + MLP."""
 
-    def __init__(self, dim: int, out_dim: int, patch: int, merge: int) -> None:
+    def __init__(self, dim: int, out_dim: int, patch: int, merge: int, channels: int = GEOMETRY_CHANNELS) -> None:
         super().__init__()
-        self.patch, self.merge = patch, merge
-        self.embed = nn.Sequential(nn.Linear(GEOMETRY_CHANNELS * patch * patch, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.patch, self.merge, self.channels = patch, merge, channels
+        self.embed = nn.Sequential(nn.Linear(channels * patch * patch, dim), nn.GELU(), nn.Linear(dim, dim))
         self.merger = PatchMerger(dim, out_dim, merge)
 
     def forward(self, geometry_values: Tensor, **_: object) -> Tensor:  # noqa: D417
-        """``(num_patches, 4*p*p)`` rows from ``geometry_patches`` -> ``(num_patches / merge**2, out_dim)``."""
+        """``(num_patches, C*p*p)`` rows from ``geometry_patches`` -> ``(num_patches / merge**2, out_dim)``."""
         w = self.embed[0].weight
         return self.merger(self.embed(geometry_values.to(w.device, w.dtype)))
 
@@ -181,8 +196,8 @@ def build_geometry_encoder(
     """The encoder for ``model.geometry`` (None for ``none``)."""
     if kind == "none":
         return None
-    if kind in ("depth", "points"):
-        return DepthGeometryEncoder(dim, out_dim, patch, merge)
+    if kind in CHANNELS:
+        return DepthGeometryEncoder(dim, out_dim, patch, merge, CHANNELS[kind])
     if kind == "vggt":
         return VGGTGeometryEncoder(vggt_path, out_dim, patch, merge)
-    raise ValueError(f"unknown model.geometry {kind!r}; valid choices: none, depth, points, vggt")
+    raise ValueError(f"unknown model.geometry {kind!r}; valid choices: none, depth, points, points_own, vggt")

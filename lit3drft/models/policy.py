@@ -319,15 +319,16 @@ class Policy(nn.Module):
                     "depths + cam2img; VSI-Bench rows: depth_dir + cam2img; an embedded benchmark rendered before "
                     "2026-11-26 lacks them: python dev/add_vsibench_depth.py DATA_ROOT)"
                 )
-            if self.cfg.geometry == "points":
+            if self.cfg.geometry in ("points", "points_own"):
                 if s.cam2world is None or len(s.cam2world) != len(s.depth):
                     raise ValueError(
-                        f"geometry=points needs Sample.cam2world, one pose per frame; sample {s.id} has "
+                        f"geometry={self.cfg.geometry} needs Sample.cam2world, one pose per frame; sample {s.id} has "
                         f"{'none' if s.cam2world is None else len(s.cam2world)} for {len(s.depth)} depth maps "
                         "(VG-LLM rows: cam2global; VSI-Bench rows: pose_dir; an embedded benchmark rendered before "
                         "2026-12-02 lacks VSI-Bench poses: delete its directory and run again, data.generate re-renders it)"
                     )
-                maps = [point_map(d, s.intrinsics, c2w, s.cam2world[0]) for d, c2w in zip(s.depth, s.cam2world)]
+                own = self.cfg.geometry == "points_own"
+                maps = [point_map(d, s.intrinsics, c2w, s.cam2world[0], own) for d, c2w in zip(s.depth, s.cam2world)]
             else:
                 maps = [depth_ray_map(d, s.intrinsics) for d in s.depth]
             entries.extend([maps] if video else [[m] for m in maps])

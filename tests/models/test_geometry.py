@@ -60,7 +60,56 @@ def test_point_map_puts_each_rendered_pixel_inside_its_objects_box_in_the_first_
     assert checked >= 2
 
 
-@pytest.mark.parametrize("kind", ["depth", "points"])
+def test_point_map_own_channels_put_each_pixel_inside_its_objects_box_in_its_own_camera():
+    """``points_own``'s extra channels: every pixel of object j lies in j's box in the frame's *own* camera (the
+    camera a grounding answer's box is given in), and the first four channels are ``points``' exactly."""
+    from lit3drft.data.geometry import box_rotation, world_box_to_camera
+    from lit3drft.data.render import render_frame
+    from lit3drft.data.scene import SceneKnobs, make_scene
+
+    scene = make_scene("own", np.random.default_rng(4), SceneKnobs(frames=12))
+    first, later = scene.cam2world[0], scene.cam2world[8]
+    _, depth, inst = render_frame(scene, later)
+    m = point_map(depth, scene.intrinsics, later, first, own=True)
+    assert m.shape[0] == 7 and torch.equal(m[:4], point_map(depth, scene.intrinsics, later, first))
+    checked = 0
+    for j, obj in enumerate(scene.objects):
+        pix = torch.from_numpy(inst == j + 1)
+        if pix.sum() < 5:
+            continue
+        box = world_box_to_camera(obj.box, later)
+        local = (m[4:][:, pix].double().numpy().T - box[:3]) @ box_rotation(box)
+        assert (np.abs(local) <= box[3:6] / 2 + 2e-3).all(), obj.category
+        wrong = world_box_to_camera(obj.box, first)  # the first camera's box does not hold them
+        assert not (np.abs((m[4:][:, pix].double().numpy().T - wrong[:3]) @ box_rotation(wrong)) <= wrong[3:6] / 2 + 2e-3).all()
+        checked += 1
+    assert checked >= 2
+
+
+def test_points_prior_widens_into_points_own_unchanged(make_cfg, samples, tmp_path):
+    """A trained ``points`` prior loads into ``points_own`` (own-camera channels at zero): the same logits; any
+    other kind mismatch is refused with both kinds named."""
+    from lit3drft.models.build import export_pretrained
+
+    torch.manual_seed(1)
+    pts = build_policy(make_cfg(geometry="points")).eval()
+    with torch.no_grad():
+        for p in pts.geometry.parameters():
+            p.normal_(0, 0.05)
+    path = export_pretrained(pts, tmp_path / "base", dtype=torch.float32)
+    pts = build_policy(make_cfg(geometry="points", pretrained=str(path), preset="")).eval()
+    own = build_policy(make_cfg(geometry="points_own", pretrained=str(path), preset="")).eval()
+    assert own.geometry.embed[0].weight.shape[1] == 7 * own.geometry.patch**2
+    with torch.no_grad():
+        ref = pts(pts.collate(samples, with_answer=True)).logits
+        assert torch.allclose(own(own.collate(samples, with_answer=True)).logits, ref, atol=1e-5)
+        own.geometry.embed[0].weight[:, 4 * own.geometry.patch**2 :].normal_(0, 0.05)  # the new channels matter
+        assert not torch.allclose(own(own.collate(samples, with_answer=True)).logits, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="made for model.geometry=points.*model.geometry=depth"):
+        build_policy(make_cfg(geometry="depth", pretrained=str(path), preset=""))
+
+
+@pytest.mark.parametrize("kind", ["depth", "points", "points_own"])
 def test_geometry_prior_changes_outputs_only_when_enabled(make_cfg, samples, kind):
     plain = build_policy(make_cfg()).eval()
     geo = build_policy(make_cfg(geometry=kind)).eval()
