@@ -20,8 +20,8 @@ import torch
 from lit3drft.evaluate import resolve_target
 from lit3drft.fit import build_datamodule, load_trainable
 from lit3drft.models import build_policy
-from lit3drft.rewards.grounding import _to_world
 from lit3drft.rewards.boxes import box3d_iou
+from lit3drft.rewards.grounding import _to_world
 from lit3drft.rewards.parsing import extract_answer, parse_grounding
 
 
@@ -52,7 +52,19 @@ def main(argv=None):
     with torch.no_grad():
         for s in range(0, len(rows), cfg.data.eval_batch_size):
             texts += policy.generate(rows[s : s + cfg.data.eval_batch_size], max_new_tokens=cfg.eval.max_new_tokens)
-    cols = {k: [] for k in ("answered", "first_frame", "best_frame", "frame_acc", "gt_frame0_iou", "size_err", "any_object", "picked_target")}
+    cols = {
+        k: []
+        for k in (
+            "answered",
+            "first_frame",
+            "best_frame",
+            "frame_acc",
+            "gt_frame0_iou",
+            "size_err",
+            "any_object",
+            "picked_target",
+        )
+    }
     for text, row in zip(texts, rows):
         t = row.target
         gt = _to_world(list(t["bbox_3d"]), int(t["frame"]), t)
@@ -75,10 +87,14 @@ def main(argv=None):
             objs = torch.tensor([o["bbox_3d"] for o in scene["objects"]], dtype=torch.float64)
             ious = box3d_iou(p[None].expand(len(objs), -1), objs, paired=True)
             cols["any_object"].append(float(ious.max()))
-            cols["picked_target"].append(float(int(ious.argmax()) == int(row.meta["object_id"])) if ious.max() > 0 else 0.0)
+            cols["picked_target"].append(
+                float(int(ious.argmax()) == int(row.meta["object_id"])) if ious.max() > 0 else 0.0
+            )
     out = {k: round(float(np.mean(v)), 4) if v else None for k, v in cols.items()}
     out["acc25_answered"] = round(float(np.mean(np.array(cols["answered"]) >= 0.25)), 4)
-    out["acc25_any_object"] = round(float(np.mean(np.array(cols["any_object"]) >= 0.25)), 4) if cols["any_object"] else 0.0
+    out["acc25_any_object"] = (
+        round(float(np.mean(np.array(cols["any_object"]) >= 0.25)), 4) if cols["any_object"] else 0.0
+    )
     out["acc25_best_frame"] = round(float(np.mean(np.array(cols["best_frame"]) >= 0.25)), 4)
     out["samples"] = len(rows)
     out["parsed"] = len(cols["size_err"])

@@ -34,7 +34,11 @@ GEOMETRY_CHANNELS = 4
 """Input channels per pixel of the ``depth`` encoder (log(1 + depth) and the unit camera-ray direction) and of the
 ``points`` encoder (the first camera's x, y, z and log(1 + depth))."""
 
-CHANNELS: dict[str, int] = {"depth": GEOMETRY_CHANNELS, "points": GEOMETRY_CHANNELS, "points_own": GEOMETRY_CHANNELS + 3}
+CHANNELS: dict[str, int] = {
+    "depth": GEOMETRY_CHANNELS,
+    "points": GEOMETRY_CHANNELS,
+    "points_own": GEOMETRY_CHANNELS + 3,
+}
 """Input channels per pixel of each map-based prior: ``points_own`` appends the frame's own-camera x, y, z."""
 
 

@@ -81,7 +81,9 @@ def test_point_map_own_channels_put_each_pixel_inside_its_objects_box_in_its_own
         local = (m[4:][:, pix].double().numpy().T - box[:3]) @ box_rotation(box)
         assert (np.abs(local) <= box[3:6] / 2 + 2e-3).all(), obj.category
         wrong = world_box_to_camera(obj.box, first)  # the first camera's box does not hold them
-        assert not (np.abs((m[4:][:, pix].double().numpy().T - wrong[:3]) @ box_rotation(wrong)) <= wrong[3:6] / 2 + 2e-3).all()
+        assert not (
+            np.abs((m[4:][:, pix].double().numpy().T - wrong[:3]) @ box_rotation(wrong)) <= wrong[3:6] / 2 + 2e-3
+        ).all()
         checked += 1
     assert checked >= 2
 
