@@ -232,13 +232,57 @@ def test_the_answer_box_loss_supervises_a_grounding_answer_with_its_frames_box(r
     assert moved["answer_box"] != losses["answer_box"]
 
 
+def test_the_pointer_loss_is_the_softmax_mass_on_the_referred_objects_tokens(run_overrides, tmp_path) -> None:
+    """``pretrain.pointer_weight``: minus the log of the softmax mass (over the clip's visual tokens) on the tokens the
+    referred object owns, recomputed here by hand; another object's tokens give another loss; the gradient reaches
+    the language model; detection clips contribute nothing."""
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.pointer_weight=1.0", "pretrain.grounding_share=1.0")
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 16)
+    items = [data[i] for i in range(16)]
+    item = next(x for x in items if x[0].task == "grounding" and (x[1]["owner"] == x[0].meta["grounding"]["object"]).any()
+                and len(set(x[1]["owner"].tolist()) - {-1}) >= 2)  # fmt: skip
+    sample, dense = item
+    target = sample.meta["grounding"]["object"]
+    batch = collate_perception([item], policy)
+    ce, losses = module._forward(batch)
+    assert torch.isfinite(losses["pointer"]) and losses["pointer"] > 0 and 0 <= losses["pointer_acc"] <= 1
+    # by hand, from the same hidden states
+    b = policy.to_device(batch["inputs"])
+    with torch.no_grad():
+        hidden = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                 position_ids=policy.positions(b["input_ids"], b["mm_token_type_ids"],
+                                                               b["attention_mask"], b)[0],
+                                 use_cache=False, output_hidden_states=True,
+                                 mm_encoder_outputs=policy.encoder_outputs(policy.encode_visual(b))).hidden_states[-1][0]  # fmt: skip
+        start = int((b["labels"][0] != -100).nonzero()[0]) - 1
+        img = b["input_ids"][0] == module.image_token_id
+        logits = module.heads["pointer_k"](hidden[img]) @ module.heads["pointer_q"](hidden[start]) / 8.0
+        mass = torch.softmax(logits, 0)[dense["owner"] == target].sum()
+    assert torch.allclose(losses["pointer"].detach(), -mass.log(), atol=1e-4)
+    other = next(o for o in set(dense["owner"].tolist()) - {-1, target})
+    sample.meta["grounding"]["object"] = other
+    with torch.no_grad():
+        assert not torch.allclose(module._forward(batch)[1]["pointer"], losses["pointer"].detach())
+    sample.meta["grounding"]["object"] = target
+    module._total(ce * 0, {**losses, **{k: v * 0 for k, v in losses.items() if k != "pointer"}}).backward()
+    llm = [p.grad for n, p in policy.named_parameters() if "language_model" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in llm)
+    detection = next(x for x in items if x[0].task == "detection")
+    _, plain = module._forward(collate_perception([detection], policy))
+    assert plain["pointer"] == 0 and torch.isnan(plain["pointer_acc"])
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""
     cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.grounding_share=0.5",
-               "trainer.val_every_n_steps=2", "data.batch_size=2", "pretrain.val_samples=6")  # fmt: skip
+               "trainer.val_every_n_steps=2", "data.batch_size=2", "pretrain.val_samples=6",
+               "pretrain.pointer_weight=1.0")  # fmt: skip
     payload = fit.fit(cfg)
-    for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap"):
+    for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap", "pointer"):
         assert f"val/grounding/{key}" in payload["metrics"], key
     assert 0 <= payload["metrics"]["val/grounding/acc25"] <= 1
 

@@ -96,6 +96,13 @@ class PretrainConfig:
     camera. A clip without such an object stays a detection clip. Above 0, validation also asks the held-out
     clips (those with a describable object) and scores them (``val/grounding/*``: Acc@0.25, mIoU, frame accuracy,
     swap gap). With the other shares it must sum to at most 1."""
+    pointer_weight: float = 0.0
+    """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
+    the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
+    its last hidden states at those tokens; cross-entropy onto the tokens the referred object owns (``owner`` of
+    the dense targets). A direct gradient for binding the referring expression to the pixels, which the answer's
+    digits give only through the box. Logged as ``dense/pointer`` and ``dense/pointer_acc`` (the argmax token is
+    the object's). 0: off (no head)."""
     vision_warmup_steps: int = 0
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
@@ -123,7 +130,8 @@ def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, bo
     """Dense targets of one frame, one row per 28x28 cell in raster order (the merger's token order).
 
     Args:
-        inst: ``(H, W)`` instance ids (0 room, ``i + 1`` object i, 255 occluder).
+        inst: ``(H, W)`` instance ids (0 room, ``i + 1`` object i, 255 occluder); ``owner`` is the index ``i`` of the
+            object covering most of a cell (-1 where none covers a quarter of it, as ``has_obj``).
         depth: ``(H, W)`` metres.
         boxes_own: ``(N, 6)`` centre + size of each object in this frame's camera.
         boxes_first: ``(N, 6)`` the same in the first frame's camera.
@@ -132,8 +140,8 @@ def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, bo
     Example:
         >>> inst = np.zeros((28, 56), np.uint8); inst[:, 28:] = 1
         >>> t = token_targets(inst, np.ones((28, 56), np.float32), np.ones((1, 6)), np.ones((1, 6)), np.array([3]))
-        >>> t["cls"].argmax(1).tolist(), t["has_obj"].tolist()
-        ([0, 3], [False, True])
+        >>> t["cls"].argmax(1).tolist(), t["has_obj"].tolist(), t["owner"].tolist()
+        ([0, 3], [False, True], [-1, 0])
     """
     h, w = inst.shape
     gh, gw = h // CELL, w // CELL
@@ -153,7 +161,8 @@ def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, bo
     own = (boxes_own if n else pad)[owner]
     first = (boxes_first if n else pad)[owner]
     return {"cls": cls, "depth": d.astype(np.float32), "own": own.astype(np.float32),
-            "first": first.astype(np.float32), "has_obj": has}  # fmt: skip
+            "first": first.astype(np.float32), "has_obj": has,
+            "owner": np.where(has, owner, -1).astype(np.int64)}  # fmt: skip
 
 
 INVENTORY_PROMPT = "Which objects are in these frames? List each category with its count, in alphabetical order."

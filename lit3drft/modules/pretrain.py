@@ -30,6 +30,9 @@ from lit3drft.data.perception import NUM_CLASSES, PretrainConfig, box2d_sample, 
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards.grounding import grounding_scores
 
+POINTER_DIM = 64
+"""Width of ``pretrain.pointer_weight``'s query and key projections."""
+
 
 class PretrainModule(PolicyModule):
     """``kind: pretrain`` stages; batches come from ``lit3drft.data.perception.collate_perception``."""
@@ -43,6 +46,13 @@ class PretrainModule(PolicyModule):
         )
         if pretrain_cfg.answer_box_weight > 0:  # only then: older checkpoints resume with the same heads
             self.heads["answer"] = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 6))
+        if pretrain_cfg.pointer_weight > 0:  # likewise: only then
+            self.heads["pointer_q"] = torch.nn.Sequential(
+                torch.nn.LayerNorm(width), torch.nn.Linear(width, POINTER_DIM)
+            )
+            self.heads["pointer_k"] = torch.nn.Sequential(
+                torch.nn.LayerNorm(width), torch.nn.Linear(width, POINTER_DIM)
+            )
         self.image_token_id = self.policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self._val: dict[str, list[tuple[float, int]]] = {}
         self.last_val: dict[str, float] = {}
@@ -68,12 +78,17 @@ class PretrainModule(PolicyModule):
             return vis.new_zeros(()), losses
         pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
         answer_box = self.pretrain_cfg.answer_box_weight > 0
+        pointer = self.pretrain_cfg.pointer_weight > 0
+        hidden_out = self.pretrain_cfg.dense_on_llm or answer_box or pointer
         out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                              use_cache=False, output_hidden_states=self.pretrain_cfg.dense_on_llm or answer_box,
+                              use_cache=False, output_hidden_states=hidden_out,
                               mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
         ce = answer_only_cross_entropy(out.logits, b["labels"])
         if answer_box:
             losses["answer_box"] = self._answer_box_loss(out.hidden_states[-1], b["labels"], batch["targets"])
+        if pointer:
+            losses["pointer"], losses["pointer_acc"] = self._pointer_loss(out.hidden_states[-1], b, batch["samples"],
+                                                                          d["owner"])  # fmt: skip
         if self.pretrain_cfg.dense_on_llm:
             hidden = out.hidden_states[-1][b["input_ids"] == self.image_token_id]  # (sum tokens, D)
             hidden = hidden.detach() if probe else hidden
@@ -99,12 +114,40 @@ class PretrainModule(PolicyModule):
         scale = BOX_SCALE.to(pred.device)
         return (pred / scale - torch.tensor(boxes, device=pred.device) / scale).abs().mean()
 
+    def _pointer_loss(
+        self, hidden: Tensor, b: dict[str, Tensor], samples: list, owner: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``pretrain.pointer_weight``'s loss and accuracy over the batch's grounding clips whose referred object owns
+        a visual token: ``-log`` of the softmax mass on its tokens (loss 0 and accuracy NaN when there is none)."""
+        is_img = b["input_ids"] == self.image_token_id  # (B, L); the dense targets follow these tokens' order
+        per_sample = torch.split(owner, is_img.sum(1).tolist())
+        losses, hits = [], []
+        for r, s in enumerate(samples):
+            g = (s.meta or {}).get("grounding")
+            if s.task != "grounding" or g is None:
+                continue
+            mask = per_sample[r] == int(g["object"])
+            answer = torch.nonzero(b["labels"][r] != -100)
+            if not mask.any() or len(answer) == 0:
+                continue
+            q = self.heads["pointer_q"](hidden[r, int(answer[0]) - 1].float())  # the state that starts the answer
+            k = self.heads["pointer_k"](hidden[r][is_img[r]].float())  # (T, POINTER_DIM)
+            logits = k @ q / POINTER_DIM**0.5
+            losses.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[mask], 0))
+            hits.append(mask[logits.argmax()].float())
+        if not losses:
+            return hidden.sum() * 0.0, hidden.new_tensor(float("nan"))
+        return torch.stack(losses).mean(), torch.stack(hits).mean()
+
     def _total(self, ce: Tensor, losses: dict[str, Tensor]) -> Tensor:
-        center = losses["vision_center"] * (self.pretrain_cfg.center_weight if self.pretrain_cfg.dense_weight else 0.0)
-        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")) and k != "answer_box")
-        answer_box = self.pretrain_cfg.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
+        c = self.pretrain_cfg
+        center = losses["vision_center"] * (c.center_weight if c.dense_weight else 0.0)
+        extra = ("answer_box", "pointer")  # weighted on their own
+        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")) and k not in extra)
+        answer_box = c.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
+        pointer = c.pointer_weight * losses["pointer"] if "pointer" in losses else 0.0
         # dense_weight 0: the heads are probes on detached tokens, trained at weight 1
-        return self.pretrain_cfg.answer_weight * ce + (self.pretrain_cfg.dense_weight or 1.0) * dense + answer_box
+        return c.answer_weight * ce + (c.dense_weight or 1.0) * dense + answer_box + pointer
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         ce, losses = self._forward(batch, vision_only=self.global_step < self.pretrain_cfg.vision_warmup_steps)
@@ -170,8 +213,9 @@ class PretrainModule(PolicyModule):
             row["box2d/swap_gap"] = self._swap_gap(flat)
             out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
             row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
+        losses = {k: v for k, v in losses.items() if not k.startswith("pointer")}  # detection clips: scored below
         if self.pretrain_cfg.grounding_share > 0:
-            row.update(self._grounding_validation(samples))
+            row.update(self._grounding_validation(samples, batch))
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
         row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
@@ -179,17 +223,31 @@ class PretrainModule(PolicyModule):
         for k, v in row.items():
             self._val.setdefault(k, []).append((v, len(samples)))
 
-    def _grounding_validation(self, samples: list) -> dict[str, float]:
+    def _grounding_validation(self, samples: list, batch: dict[str, Any]) -> dict[str, float]:
         """The held-out clips with a describable object asked the benchmark's grounding question: swap gap,
         Acc@0.25 (world-frame IoU through the answered frame's pose, as the benchmark scores it), mIoU, frame
-        accuracy."""
-        flat = [grounding_sample(s) for s in samples if s.meta.get("grounding")]
+        accuracy; with ``pretrain.pointer_weight``, the pointer's loss and accuracy on them."""
+        asked = [i for i, s in enumerate(samples) if s.meta.get("grounding")]
+        flat = [grounding_sample(samples[i]) for i in asked]
         if len(flat) < 2:  # a swap needs another clip
             return {}
+        row = {}
+        if self.pretrain_cfg.pointer_weight > 0:
+            counts = (batch["inputs"]["input_ids"] == self.image_token_id).sum(1).tolist()
+            owners = torch.split(batch["dense"]["owner"], counts)
+            b = self.policy.to_device(self.policy.collate(flat, with_answer=True))
+            feats = self.policy.encode_visual(b)
+            pos, _ = self.policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
+            out = self.policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                                       use_cache=False, output_hidden_states=True,
+                                       mm_encoder_outputs=self.policy.encoder_outputs(feats))  # fmt: skip
+            owner = torch.cat([owners[i] for i in asked]).to(self.policy.device)
+            loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
+            row = {"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()}
         swap_gap = self._swap_gap(flat)
         completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
         frame_score, iou, parsed = grounding_scores(completions, [s.target for s in flat])
-        return {"grounding/swap_gap": swap_gap, "grounding/acc25": (iou >= 0.25).float().mean().item(),
+        return {**row, "grounding/swap_gap": swap_gap, "grounding/acc25": (iou >= 0.25).float().mean().item(),
                 "grounding/miou": iou.mean().item(), "grounding/frame_acc": (frame_score == 1).float().mean().item(),
                 "grounding/parsed": parsed.float().mean().item()}  # fmt: skip
 
