@@ -76,13 +76,9 @@ class PretrainModule(PolicyModule):
         losses["vision_center"] = center
         if vision_only:
             return vis.new_zeros(()), losses
-        pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
         answer_box = self.pretrain_cfg.answer_box_weight > 0
         pointer = self.pretrain_cfg.pointer_weight > 0
-        hidden_out = self.pretrain_cfg.dense_on_llm or answer_box or pointer
-        out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                              use_cache=False, output_hidden_states=hidden_out,
-                              mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
+        out = self._language_model(b, feats, hidden=self.pretrain_cfg.dense_on_llm or answer_box or pointer)
         ce = answer_only_cross_entropy(out.logits, b["labels"])
         if answer_box:
             losses["answer_box"] = self._answer_box_loss(out.hidden_states[-1], b["labels"], batch["targets"])
@@ -95,6 +91,15 @@ class PretrainModule(PolicyModule):
             llm = dense_losses(heads["llm"](hidden), d["cls"], d["depth"], d["first"], d["has_obj"])
             losses.update({f"llm_{k}": v for k, v in llm.items()})
         return ce, losses
+
+    def _language_model(self, b: dict[str, Tensor], feats: dict[str, list[Tensor]], hidden: bool) -> Any:
+        """The language model's forward on batch ``b`` with visual features ``feats`` already encoded (through HF's
+        ``mm_encoder_outputs`` hook); ``hidden``: also return every layer's hidden states."""
+        policy = self.policy
+        pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
+        return policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                               use_cache=False, output_hidden_states=hidden,
+                               mm_encoder_outputs=policy.encoder_outputs(feats))  # fmt: skip
 
     def _answer_box_loss(self, hidden: Tensor, labels: Tensor, targets: list[dict]) -> Tensor:
         """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens
@@ -236,11 +241,7 @@ class PretrainModule(PolicyModule):
             counts = (batch["inputs"]["input_ids"] == self.image_token_id).sum(1).tolist()
             owners = torch.split(batch["dense"]["owner"], counts)
             b = self.policy.to_device(self.policy.collate(flat, with_answer=True))
-            feats = self.policy.encode_visual(b)
-            pos, _ = self.policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
-            out = self.policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                                       use_cache=False, output_hidden_states=True,
-                                       mm_encoder_outputs=self.policy.encoder_outputs(feats))  # fmt: skip
+            out = self._language_model(b, self.policy.encode_visual(b), hidden=True)
             owner = torch.cat([owners[i] for i in asked]).to(self.policy.device)
             loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
             row = {"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()}
