@@ -1,4 +1,4 @@
-"""``python -m lit3drft.sweep EXPERIMENT.yaml [key=value ...] [--scale smoke|small|full] [--jobs N]``.
+"""``python -m lit3drft.sweep EXPERIMENT.yaml [key=value ...] [--scale smoke|small|medium|full] [--jobs N]``.
 
 Expands the config's ``sweep:`` block (cartesian product, seeds included) into runs with stable names,
 skips finished runs (a run directory with ``metrics.json``, or a row already in ``runs.csv``: delete
@@ -45,7 +45,7 @@ import yaml
 from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of
 from lit3drft.shared_stages import adopt, plan_prefixes, prefix_overrides, provenance, saving_note
 
-SCALES = ("smoke", "small", "full")
+SCALES = ("smoke", "small", "medium", "full")
 
 SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     # The grids' files describe the "full" scale; smaller scales shrink steps and data, never the grid.
@@ -53,9 +53,19 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     # small: the grids' CPU scale; test split only (a sweep selects nothing on val, and val would double the
     # greedy evaluation, the second cost of a run after GRPO sampling)
     "small": {"steps": 0.5, "min_steps": 4, "overrides": ["data.max_eval_samples=96", "eval.splits=[test]"]},
+    # medium: as small, but a leading SFT stage (the warm-up) keeps its full length: at small the tiny base's
+    # 250-step warm-up leaves VSI-Bench at ~16 against 48 after 500 (issue 17); the stages after it still halve,
+    # so arms that differ after a common warm-up keep equal extra steps
+    "medium": {
+        "steps": 0.5,
+        "warmup_steps": 1.0,
+        "min_steps": 4,
+        "overrides": ["data.max_eval_samples=96", "eval.splits=[test]"],
+    },
     "full": {"steps": 1.0, "min_steps": 1, "overrides": []},
 }
-"""Per scale: factor on every stage's ``max_steps`` (at least ``min_steps``) and extra overrides."""
+"""Per scale: factor on every stage's ``max_steps`` (at least ``min_steps``; ``warmup_steps``: the factor of a first
+stage that is SFT, when given) and extra overrides."""
 
 
 def expand_grid(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -146,7 +156,8 @@ def scale_overrides(cfg: RunConfig, scale: str) -> list[str]:
     spec = SCALE_OVERRIDES[scale]
     out = list(spec["overrides"])
     for i, stage in enumerate(cfg.stages):
-        steps = max(spec["min_steps"], int(round(stage.max_steps * spec["steps"])))
+        factor = spec.get("warmup_steps", spec["steps"]) if i == 0 and stage.kind == "sft" else spec["steps"]
+        steps = max(spec["min_steps"], int(round(stage.max_steps * factor)))
         out.append(f"stages.{i}.max_steps={steps}")
     return out
 
@@ -215,13 +226,51 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
-def result_row(cfg: RunConfig, point: dict[str, Any], metrics_payload: dict[str, Any]) -> dict[str, Any]:
+def result_row(cfg: RunConfig, point: dict[str, Any], metrics_payload: dict[str, Any],
+               scale: str | None = None) -> dict[str, Any]:  # fmt: skip
     row: dict[str, Any] = {"run": cfg.run_name}
     row.update({k: v for k, v in point.items()})
+    if scale is not None:
+        row["scale"] = scale
     row.update(metrics_payload.get("metrics", {}))
     for key in ("wall_time_s", "commit", "device"):
         row[key] = metrics_payload.get(key)
     return row
+
+
+SCALED_KEYS = ("data.max_eval_samples", "eval.splits", "eval.max_new_tokens")
+"""Config keys a scale may change besides the stages' ``max_steps`` (``SCALE_OVERRIDES``)."""
+
+
+def _scaled_settings(cfg: RunConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {f"stages.{i}.max_steps": st.max_steps for i, st in enumerate(cfg.stages)}
+    for key in SCALED_KEYS:
+        section, name = key.split(".")
+        out[key] = getattr(getattr(cfg, section), name)
+    return out
+
+
+def check_scale(cfgs: list[RunConfig], scale: str, results_dir: str | Path) -> None:
+    """Refuse to reuse a run recorded or trained at another scale: run names do not carry the scale, so a
+    ``--scale medium`` sweep would otherwise take a ``small`` run's row (or finished directory) as its own.
+    A recorded row with a ``scale`` column that differs, or a run directory whose ``config.yaml`` differs in the
+    scaled settings (steps per stage, evaluation subset), raises a ConfigError naming the row or directory."""
+    for cfg in cfgs:
+        rows_file = results_file(cfg, results_dir)
+        for row in read_rows(rows_file):
+            if row.get("run") == cfg.run_name and row.get("scale") and row["scale"] != scale:
+                raise ConfigError(f"{rows_file}: run {cfg.run_name} is recorded at --scale {row['scale']}, this sweep "
+                                  f"is at --scale {scale}; move that runs.csv and runs/{cfg.experiment}/ aside (or "
+                                  "pass --results-dir and output_dir=...) to run the grid at another scale")  # fmt: skip
+        saved = run_dir_of(cfg) / "config.yaml"
+        if saved.is_file():
+            old, new = _scaled_settings(load_config(str(saved))), _scaled_settings(cfg)
+            diff = [f"{k}: {old.get(k)} there, {v} here" for k, v in new.items() if old.get(k) != v]
+            diff += [f"{k}: {v} there, absent here" for k, v in old.items() if k not in new]
+            if diff:
+                raise ConfigError(f"{saved} was run with other scaled settings than this sweep (--scale {scale}): "
+                                  f"{'; '.join(diff)}; move runs/{cfg.experiment}/ and its runs.csv aside (or pass "
+                                  "output_dir=... and --results-dir) to run the grid at another scale")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -289,6 +338,7 @@ def sweep(
     tasks = list(zip(select_points(grid, overrides)[0], point_configs(path, overrides, scale)))
     cfgs = [load_config(path, ov) for _, ov in tasks]
     print(f"[sweep] {path}: {len(tasks)} runs at scale {scale}, {jobs} at a time, {child_threads(jobs)} thread(s) each")
+    check_scale(cfgs, scale, results_dir)
     finished = {i for i, c in enumerate(cfgs) if (run_dir_of(c) / "metrics.json").exists()
                 or any(r.get("run") == c.run_name for r in read_rows(results_file(c, results_dir)))}  # fmt: skip
     groups = plan_prefixes(cfgs, skip=finished) if share else []
@@ -338,7 +388,7 @@ def sweep(
         print(f"[sweep] {i + 1}/{len(tasks)} {cfg.run_name}: {status} ({time.time() - start:.0f} s)", flush=True)
         if not metrics_file.exists():
             return None
-        row = {**result_row(cfg, point, json.loads(metrics_file.read_text())), **origin}
+        row = {**result_row(cfg, point, json.loads(metrics_file.read_text()), scale), **origin}
         append_row(results_file(cfg, results_dir), row)
         return row
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lit3drft.config import ConfigError, load_config
+from lit3drft.config import ConfigError, load_config, run_dir_of, to_yaml
 from lit3drft.sweep import (
     append_row,
+    check_scale,
     expand_grid,
     order_rows,
     point_configs,
@@ -83,8 +84,44 @@ def test_scale_shrinks_steps_not_the_grid() -> None:
     assert "stages.1.max_steps=2" in smoke
     shrunk = load_config(None, ["stages=[{kind: sft, max_steps: 200}, {kind: grpo, max_steps: 100}]", *small])
     assert [s.max_steps for s in shrunk.stages] == [100, 50]
-    with pytest.raises(ConfigError, match="smoke, small, full"):
+    with pytest.raises(ConfigError, match="smoke, small, medium, full"):
         scale_overrides(cfg, "huge")
+
+
+def test_medium_scale_keeps_the_sft_warm_up_and_halves_what_follows() -> None:
+    """A leading SFT stage keeps its steps, every later stage halves (SFT -> SFT and SFT -> RL keep equal extra
+    steps), and a grid whose first stage is GRPO halves it as at small."""
+    two = load_config(None, ["stages=[{kind: sft, max_steps: 500}, {kind: sft, max_steps: 60}]"])
+    assert [o for o in scale_overrides(two, "medium") if o.startswith("stages.")] == [
+        "stages.0.max_steps=500", "stages.1.max_steps=30"]  # fmt: skip
+    rl = load_config(None, ["stages=[{kind: grpo, max_steps: 60}, {kind: sft, max_steps: 200}]"])
+    medium = scale_overrides(rl, "medium")
+    assert "stages.0.max_steps=30" in medium and "stages.1.max_steps=100" in medium
+    assert "eval.splits=[test]" in medium and "data.max_eval_samples=96" in medium
+
+
+def test_a_sweep_refuses_runs_of_another_scale(tmp_path) -> None:
+    """Run names do not carry the scale: a medium sweep must not take a small run's directory or row as its own
+    (it would report the small figures as medium ones); the same scale passes, so kills and resumes still work."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"output_dir: {tmp_path / 'runs'}\nexperiment: g\nstages: [{{kind: sft, max_steps: 100}}]\n"
+                    "sweep:\n  seed: [0]\n")  # fmt: skip
+    small, medium = (
+        [load_config(grid, ov) for ov in point_configs(str(grid), [], scale)] for scale in ("small", "medium")
+    )
+    check_scale(small, "small", tmp_path / "results")  # nothing there yet
+    run_dir_of(small[0]).mkdir(parents=True)
+    (run_dir_of(small[0]) / "config.yaml").write_text(to_yaml(small[0]))  # a small run, killed or finished
+    check_scale(small, "small", tmp_path / "results")
+    with pytest.raises(
+        ConfigError, match=r"config.yaml was run with other scaled settings.*stages.0.max_steps: 50 there, 100 here"
+    ):
+        check_scale(medium, "medium", tmp_path / "results")
+    (run_dir_of(small[0]) / "config.yaml").unlink()
+    append_row(tmp_path / "results" / "g" / "runs.csv", {"run": small[0].run_name, "scale": "small"})
+    with pytest.raises(ConfigError, match=r"runs.csv: run seed=0 is recorded at --scale small"):
+        check_scale(medium, "medium", tmp_path / "results")
+    check_scale(small, "small", tmp_path / "results")
 
 
 def test_each_point_keeps_its_own_stages_at_every_scale(tmp_path) -> None:
