@@ -264,7 +264,11 @@ def check_scale(cfgs: list[RunConfig], scale: str, results_dir: str | Path) -> N
                                   "pass --results-dir and output_dir=...) to run the grid at another scale")  # fmt: skip
         saved = run_dir_of(cfg) / "config.yaml"
         if saved.is_file():
-            old, new = _scaled_settings(load_config(str(saved))), _scaled_settings(cfg)
+            try:
+                old = _scaled_settings(load_config(str(saved)))
+            except ConfigError as err:
+                raise ConfigError(f"{saved}: cannot be read to check its scale ({err}); move that run aside") from err
+            new = _scaled_settings(cfg)
             diff = [f"{k}: {old.get(k)} there, {v} here" for k, v in new.items() if old.get(k) != v]
             diff += [f"{k}: {v} there, absent here" for k, v in old.items() if k not in new]
             if diff:
