@@ -18,7 +18,8 @@ import pandas as pd
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-META_COLUMNS = ("run", "wall_time_s", "commit", "device")
+META_COLUMNS = ("run", "scale", "wall_time_s", "commit", "device")
+"""Row columns that are neither a swept key nor a metric (``scale``: the sweep refuses to mix scales in one table)."""
 
 DEFAULT_METRICS = (
     "test/detection/precision",

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lit3drft.config import RunConfig, run_dir_of
+from lit3drft.config import RunConfig, run_dir_of, to_yaml
 
 SHARED_DIR = "_shared"
 """Directory (under an experiment's run directory) of the runs that train shared stages."""
@@ -135,6 +135,9 @@ def adopt(prefix_dir: Path, cfg: RunConfig, group: SharedPrefix) -> list[str]:
     from lit3drft.fit import STAGE_DONE, stage_name  # torch and Lightning: only once a branch starts
 
     run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():  # the branch's own config before any stage lands: a kill before its
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))  # fit starts still tells which scale the stages are of
     names = [stage_name(i, st) for i, st in enumerate(cfg.stages[: group.stages])]
     meta = json.loads((prefix_dir / "metrics.json").read_text())
     for name in names:

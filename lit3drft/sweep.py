@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of
+from lit3drft.config import ConfigError, RunConfig, load_config, run_dir_of, to_yaml
 from lit3drft.shared_stages import adopt, plan_prefixes, prefix_overrides, provenance, saving_note
 
 SCALES = ("smoke", "small", "medium", "full")
@@ -65,7 +65,7 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
     "full": {"steps": 1.0, "min_steps": 1, "overrides": []},
 }
 """Per scale: factor on every stage's ``max_steps`` (at least ``min_steps``; ``warmup_steps``: the factor of a first
-stage that is SFT, when given) and extra overrides."""
+stage that is SFT in a run without ``init_from``, when given) and extra overrides."""
 
 
 def expand_grid(sweep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +156,8 @@ def scale_overrides(cfg: RunConfig, scale: str) -> list[str]:
     spec = SCALE_OVERRIDES[scale]
     out = list(spec["overrides"])
     for i, stage in enumerate(cfg.stages):
-        factor = spec.get("warmup_steps", spec["steps"]) if i == 0 and stage.kind == "sft" else spec["steps"]
+        warm_up = i == 0 and stage.kind == "sft" and not cfg.init_from  # an SFT after init_from continues one
+        factor = spec.get("warmup_steps", spec["steps"]) if warm_up else spec["steps"]
         steps = max(spec["min_steps"], int(round(stage.max_steps * factor)))
         out.append(f"stages.{i}.max_steps={steps}")
     return out
@@ -242,11 +243,14 @@ SCALED_KEYS = ("data.max_eval_samples", "eval.splits", "eval.max_new_tokens")
 """Config keys a scale may change besides the stages' ``max_steps`` (``SCALE_OVERRIDES``)."""
 
 
-def _scaled_settings(cfg: RunConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {f"stages.{i}.max_steps": st.max_steps for i, st in enumerate(cfg.stages)}
+def _scaled_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings a scale changes, from a config as plain containers (``config.yaml`` read without the schema, so a
+    run saved under an older schema is still comparable)."""
+    out: dict[str, Any] = {f"stages.{i}.max_steps": (st or {}).get("max_steps")
+                           for i, st in enumerate(cfg.get("stages") or [])}  # fmt: skip
     for key in SCALED_KEYS:
         section, name = key.split(".")
-        out[key] = getattr(getattr(cfg, section), name)
+        out[key] = (cfg.get(section) or {}).get(name)
     return out
 
 
@@ -260,21 +264,21 @@ def check_scale(cfgs: list[RunConfig], scale: str, results_dir: str | Path) -> N
         for row in read_rows(rows_file):
             if row.get("run") == cfg.run_name and row.get("scale") and row["scale"] != scale:
                 raise ConfigError(f"{rows_file}: run {cfg.run_name} is recorded at --scale {row['scale']}, this sweep "
-                                  f"is at --scale {scale}; move that runs.csv and runs/{cfg.experiment}/ aside (or "
+                                  f"is at --scale {scale}; move that runs.csv and {run_dir_of(cfg).parent}/ aside (or "
                                   "pass --results-dir and output_dir=...) to run the grid at another scale")  # fmt: skip
         saved = run_dir_of(cfg) / "config.yaml"
         if saved.is_file():
             try:
-                old = _scaled_settings(load_config(str(saved)))
-            except ConfigError as err:
+                old = _scaled_settings(yaml.safe_load(saved.read_text()) or {})
+            except Exception as err:  # noqa: BLE001 - any unreadable file is named, not a traceback
                 raise ConfigError(f"{saved}: cannot be read to check its scale ({err}); move that run aside") from err
-            new = _scaled_settings(cfg)
+            new = _scaled_settings(yaml.safe_load(to_yaml(cfg)))  # the same writer as config.yaml's
             diff = [f"{k}: {old.get(k)} there, {v} here" for k, v in new.items() if old.get(k) != v]
             diff += [f"{k}: {v} there, absent here" for k, v in old.items() if k not in new]
             if diff:
                 raise ConfigError(f"{saved} was run with other scaled settings than this sweep (--scale {scale}): "
-                                  f"{'; '.join(diff)}; move runs/{cfg.experiment}/ and its runs.csv aside (or pass "
-                                  "output_dir=... and --results-dir) to run the grid at another scale")  # fmt: skip
+                                  f"{'; '.join(diff)}; move {run_dir_of(cfg).parent}/ and its runs.csv aside (or "
+                                  "pass output_dir=... and --results-dir) to run the grid at another scale")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- running

@@ -98,6 +98,9 @@ def test_medium_scale_keeps_the_sft_warm_up_and_halves_what_follows() -> None:
     medium = scale_overrides(rl, "medium")
     assert "stages.0.max_steps=30" in medium and "stages.1.max_steps=100" in medium
     assert "eval.splits=[test]" in medium and "data.max_eval_samples=96" in medium
+    # an SFT stage after init_from continues a warm-up (rl_vs_sft_tiny's sft_more arm): halved like the RL arms
+    more = load_config(None, ["init_from=runs/x", "stages=[{kind: sft, max_steps: 100}]"])
+    assert "stages.0.max_steps=50" in scale_overrides(more, "medium")
 
 
 def test_a_sweep_refuses_runs_of_another_scale(tmp_path) -> None:
@@ -117,6 +120,9 @@ def test_a_sweep_refuses_runs_of_another_scale(tmp_path) -> None:
         ConfigError, match=r"config.yaml was run with other scaled settings.*stages.0.max_steps: 50 there, 100 here"
     ):
         check_scale(medium, "medium", tmp_path / "results")
+    smoke = [load_config(grid, ov) for ov in point_configs(str(grid), [], "smoke")]
+    with pytest.raises(ConfigError, match=r"data.max_eval_samples: 96 there, 8 here"):  # the evaluation subset too
+        check_scale(smoke, "smoke", tmp_path / "results")
     (run_dir_of(small[0]) / "config.yaml").unlink()
     append_row(tmp_path / "results" / "g" / "runs.csv", {"run": small[0].run_name, "scale": "small"})
     with pytest.raises(ConfigError, match=r"runs.csv: run seed=0 is recorded at --scale small"):

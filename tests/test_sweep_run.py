@@ -19,6 +19,7 @@ from nbclient import NotebookClient
 
 from lit3drft.collect import collect
 from lit3drft.collect import main as collect_main
+from lit3drft.config import ConfigError
 from lit3drft.sweep import read_rows, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,9 @@ def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path
     assert len(rows) == 2
     csv_path = results / "smoke_grid" / "runs.csv"
     assert [r["run"] for r in read_rows(csv_path)] == ["lr=0.001__seed=0", "lr=0.0001__seed=0"]
+    assert {r["scale"] for r in read_rows(csv_path)} == {"full"}
+    with pytest.raises(ConfigError, match="recorded at --scale full"):  # another scale never takes these rows
+        sweep(str(grid), [*run_overrides, f"output_dir={runs}"], scale="small", jobs=1, results_dir=results)
     # a second call finds both runs finished: nothing re-runs, no row is duplicated
     again = sweep(str(grid), overrides, scale="full", jobs=1, results_dir=results)
     assert len(again) == 2 and len(read_rows(csv_path)) == 2
