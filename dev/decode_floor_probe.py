@@ -1,15 +1,17 @@
 """The arithmetic floor of a decode step on this CPU (issue 16): how fast could ``generate_group`` be?
 
-Times, in one process on the tiny preset (2 prompts x 4 frames of 112 px, G = 8, 64 tokens, as
-``benchmarks/bench_generation.py``):
-- ``group``: a whole ``generate_group`` rollout (lean decode, full fine-tuning so no LoRA ops);
+Times, in one process on the tiny preset with its LoRA adapter (2 prompts x 4 frames of 112 px, G = 8, 64 tokens,
+as ``benchmarks/bench_generation.py``):
+- ``group``: a whole ``generate_group`` rollout with the adapter merged for sampling (as ``GRPOModule`` samples);
 - ``prefill``: the vision tower + prompt prefill of the 2 prompts (``use_cache``), once;
 - ``gemm``: per decode step, only the step's weight GEMMs at its shapes (16 rows: q, k, v, o, gate, up, down of
-  every layer and the LM head, ``F.linear`` on preallocated inputs);
-- ``attn``: per decode step, only the attention matmuls over a cache of the rollout's length (every layer);
-- ``plain``: ``model.generate`` on G copies of every prompt (the benchmark's baseline).
-The floor of a rollout is ``prefill + steps * (gemm + attn)``: nothing but the arithmetic that no decode loop can
-skip. ``plain / floor`` is the best ratio any decode loop could reach here with float32 weights.
+  every layer and the LM head, ``F.linear`` on preallocated inputs; merged weights have the base's shapes);
+- ``attn``: per decode step, only the attention matmuls over the layers' own K and V caches of the rollout's length;
+- ``sample``: per decode step, the sampling every loop needs (softmax, one inverse-CDF draw, log-softmax, gather);
+- ``plain``: ``model.generate`` on G copies of every prompt, adapter unmerged (the benchmark's baseline).
+A rollout of T tokens runs T - 1 decode steps after the prefill and T samplings. The floor is
+``prefill + (T - 1) * (gemm + attn) + T * sample``: work no decode loop can skip. ``plain / floor`` is the best
+``ratio_merged`` any float32 decode loop could reach here.
 
     OMP_NUM_THREADS=2 .venv/bin/python dev/decode_floor_probe.py [--size 112] [--repeats 5]
 """
@@ -29,6 +31,7 @@ from bench_generation import make_samples, run_plain
 
 from lit3drft.models import ModelConfig, build_policy
 from lit3drft.models.decode import _attend, language_model
+from lit3drft.models.generation import sample_categorical
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=112)
@@ -36,7 +39,7 @@ ap.add_argument("--repeats", type=int, default=5)
 args = ap.parse_args()
 torch.manual_seed(0)
 G, STEPS = 8, 64
-policy = build_policy(ModelConfig(preset="tiny", finetune="full")).eval()
+policy = build_policy(ModelConfig(preset="tiny")).eval()  # LoRA, as the benchmark
 samples = make_samples(2, 4, args.size)
 lm, head = language_model(policy.hf_model), policy.hf_model.lm_head
 n = 2 * G
@@ -45,7 +48,9 @@ prompt_len = batch["input_ids"].shape[1]
 x = torch.randn(n, 1, lm.config.hidden_size)
 wide = torch.randn(n, 1, lm.config.intermediate_size)
 kv, hd = lm.config.num_key_value_heads, lm.config.hidden_size // lm.config.num_attention_heads
-cache = torch.randn(n, kv, prompt_len + STEPS, hd)
+layers = len(lm.layers)
+keys, values = (torch.randn(layers, n, kv, prompt_len + STEPS, hd) for _ in range(2))  # as LeanDecoder's
+logits = torch.randn(n, head.weight.shape[0])
 q = torch.randn(n, lm.config.num_attention_heads, 1, hd)
 mask = torch.ones(n, 1, 1, prompt_len + STEPS, dtype=torch.bool)
 
@@ -56,19 +61,28 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def base(proj):
+    return getattr(proj, "base_layer", proj)  # a LoRA layer's base Linear: the merged weights' shape
+
+
 def gemms() -> None:
     for layer in lm.layers:
         a, m = layer.self_attn, layer.mlp
         for proj in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj):
-            F.linear(x, proj.weight, proj.bias)
-        F.linear(wide, m.down_proj.weight, m.down_proj.bias)
-    F.linear(x, head.weight)
+            F.linear(x, base(proj).weight, base(proj).bias)
+        F.linear(wide, base(m.down_proj).weight, base(m.down_proj).bias)
+    F.linear(x, base(head).weight)
 
 
 def attention(t: int) -> None:
     at = prompt_len + t + 1
-    for layer in lm.layers:
-        _attend(q, cache[:, :, :at], cache[:, :, :at], mask[..., :at], layer.self_attn.scaling)
+    for i, layer in enumerate(lm.layers):
+        _attend(q, keys[i, :, :, :at], values[i, :, :, :at], mask[..., :at], layer.self_attn.scaling)
+
+
+def sample() -> None:
+    tok = sample_categorical(logits.softmax(-1))
+    logits.log_softmax(-1).gather(1, tok[:, None])
 
 
 def prefill() -> None:
@@ -83,24 +97,28 @@ rows: dict[str, list[float]] = {}
 with torch.no_grad():
     for rep in range(args.repeats + 1):
         r = {
-            "group": timed(lambda: policy.generate_group(samples, num_generations=G, max_new_tokens=STEPS)),
+            "group": timed(
+                lambda: policy.generate_group(samples, num_generations=G, max_new_tokens=STEPS, merge_adapter=True)
+            ),
             "prefill": timed(prefill),
-            "gemm": timed(lambda: [gemms() for _ in range(STEPS)]) / STEPS,
-            "attn": timed(lambda: [attention(t) for t in range(STEPS)]) / STEPS,
+            "gemm": timed(lambda: [gemms() for _ in range(STEPS - 1)]) / (STEPS - 1),
+            "attn": timed(lambda: [attention(t) for t in range(STEPS - 1)]) / (STEPS - 1),
+            "sample": timed(lambda: [sample() for _ in range(STEPS)]) / STEPS,
             "plain": run_plain(policy, samples, G, STEPS)[0],
         }
         if rep:
             for k, v in r.items():
                 rows.setdefault(k, []).append(v)
 med = {k: statistics.median(v) for k, v in rows.items()}
-floor = med["prefill"] + STEPS * (med["gemm"] + med["attn"])
+floor = med["prefill"] + (STEPS - 1) * (med["gemm"] + med["attn"]) + STEPS * med["sample"]
 print(f"threads {torch.get_num_threads()}, {n} rows, prompt {prompt_len} tokens, {STEPS} steps, {args.size} px")
+ms = {k: v * 1e3 for k, v in med.items()}
 print(
-    f"rollout: group {med['group'] * 1e3:.0f} ms, plain {med['plain'] * 1e3:.0f} ms (ratio {med['plain'] / med['group']:.2f}x)"
+    f"rollout: group (merged) {ms['group']:.0f} ms, plain {ms['plain']:.0f} ms (ratio_merged {ms['plain'] / ms['group']:.2f}x)"
 )
 print(
-    f"per step: gemm {med['gemm'] * 1e3:.2f} ms, attention {med['attn'] * 1e3:.2f} ms; prefill {med['prefill'] * 1e3:.0f} ms"
+    f"per step: gemm {ms['gemm']:.2f} ms, attention {ms['attn']:.2f} ms, sampling {ms['sample']:.2f} ms; prefill {ms['prefill']:.0f} ms"
 )
 print(
-    f"floor rollout {floor * 1e3:.0f} ms: group is {med['group'] / floor:.2f}x the floor; best ratio {med['plain'] / floor:.2f}x"
+    f"floor {floor * 1e3:.0f} ms: group is {med['group'] / floor:.2f}x the floor; best ratio_merged {med['plain'] / floor:.2f}x"
 )

@@ -24,7 +24,7 @@ ap.add_argument("--size", type=int, default=112)
 ap.add_argument("--repeats", type=int, default=5)
 args = ap.parse_args()
 torch.manual_seed(0)
-policy = build_policy(ModelConfig(preset="tiny")).eval()
+policy = build_policy(ModelConfig(preset="tiny")).eval()  # LoRA unmerged: the benchmark's `ratio` setting
 samples = make_samples(2, 4, args.size)
 rates: dict[str, list[float]] = {}
 with torch.no_grad():
