@@ -14,6 +14,12 @@ A rollout of T tokens runs T - 1 decode steps after the prefill and T samplings.
 ``ratio_merged`` any float32 decode loop could reach here.
 
     OMP_NUM_THREADS=2 .venv/bin/python dev/decode_floor_probe.py [--size 112] [--repeats 5]
+
+Two other modes, for the levers measured against the floor (dev/LOG.md, eleventh session):
+- ``--threads``: completion tokens/s of ``generate_group`` (unmerged) and plain ``generate`` at 2 and 1 intra-op
+  threads, alternated (a step of 16 rows is ~230 tiny ops: does the second thread's fork/join pay?);
+- ``--fusions``: microseconds of the step's fusion candidates at its shapes: HF's RMSNorm vs ``F.rms_norm``,
+  q and k rotated apart vs in one call, q/k/v as three GEMMs vs one, gate/up as two vs one.
 """
 
 import argparse
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from bench_generation import make_samples, run_plain
+from bench_generation import make_samples, run_group, run_plain
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from lit3drft.models import ModelConfig, build_policy
 from lit3drft.models.decode import _attend, language_model
@@ -36,6 +43,9 @@ from lit3drft.models.generation import sample_categorical
 ap = argparse.ArgumentParser()
 ap.add_argument("--size", type=int, default=112)
 ap.add_argument("--repeats", type=int, default=5)
+mode = ap.add_mutually_exclusive_group()
+mode.add_argument("--threads", action="store_true", help="compare 2 and 1 intra-op threads instead")
+mode.add_argument("--fusions", action="store_true", help="time the fusion candidates instead")
 args = ap.parse_args()
 torch.manual_seed(0)
 G, STEPS = 8, 64
@@ -92,6 +102,68 @@ def prefill() -> None:
                                                               "image_grid_thw")},
                     position_ids=pos, use_cache=True, logits_to_keep=1)  # fmt: skip
 
+
+def per_call_us(fn, calls: int = 2000) -> float:
+    for _ in range(100):
+        fn()
+    return timed(lambda: [fn() for _ in range(calls)]) / calls * 1e6
+
+
+def compare_threads() -> None:
+    rates: dict[str, list[float]] = {}
+    for rep in range(args.repeats + 1):
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            for name, fn in (("group", lambda: run_group(policy, samples, G, STEPS)),
+                             ("plain", lambda: run_plain(policy, samples, G, STEPS))):  # fmt: skip
+                t, k = fn()
+                if rep:  # the first round warms every shape up
+                    rates.setdefault(f"{name}@{threads}", []).append(k / t)
+    for key, vals in rates.items():
+        print(f"{key}: {statistics.median(vals):,.0f} tok/s (runs: {', '.join(f'{v:,.0f}' for v in vals)})")
+
+
+def compare_fusions() -> None:
+    layer = lm.layers[0]
+    a, m, norm = layer.self_attn, layer.mlp, layer.input_layernorm
+    heads = lm.config.num_attention_heads
+    qh, kh = torch.randn(n, heads, 1, hd), torch.randn(n, kv, 1, hd)
+    cos, sin = torch.randn(n, 1, hd), torch.randn(n, 1, hd)
+    qk = torch.cat([qh, kh], 1)
+    w = {name: base(proj) for name, proj in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj),
+                                            ("gate", m.gate_proj), ("up", m.up_proj))}  # fmt: skip
+    qkv_w = torch.cat([w["q"].weight, w["k"].weight, w["v"].weight])
+    qkv_b = torch.cat([w["q"].bias, w["k"].bias, w["v"].bias])
+    gate_up = torch.cat([w["gate"].weight, w["up"].weight])
+
+    def rotate_both():
+        c, s_ = cos[:, None], sin[:, None]
+        x1, x2 = qk.chunk(2, -1)
+        return qk * c + torch.cat((-x2, x1), -1) * s_
+
+    pairs = {
+        "RMSNorm": (lambda: norm(x), lambda: F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)),
+        "rotary q, k": (lambda: apply_rotary_pos_emb(qh, kh, cos, sin), rotate_both),
+        "q/k/v GEMMs": (
+            lambda: [F.linear(x, w[k].weight, w[k].bias) for k in "qkv"],
+            lambda: F.linear(x, qkv_w, qkv_b),
+        ),  # fmt: skip
+        "gate/up GEMMs": (
+            lambda: (F.linear(x, w["gate"].weight), F.linear(x, w["up"].weight)),
+            lambda: F.linear(x, gate_up),
+        ),  # fmt: skip
+    }
+    for name, (apart, fused) in pairs.items():
+        print(f"{name}: {per_call_us(apart):.1f} us apart, {per_call_us(fused):.1f} us fused")
+
+
+with torch.no_grad():
+    if args.threads:
+        compare_threads()
+        sys.exit(0)
+    if args.fusions:
+        compare_fusions()
+        sys.exit(0)
 
 rows: dict[str, list[float]] = {}
 with torch.no_grad():
