@@ -93,8 +93,9 @@ def load_trainable(policy: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"weights not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" in state:  # Lightning checkpoint: keys carry the module's attribute name
-        state = {k.removeprefix("policy."): v for k, v in state["state_dict"].items()}
+    if "state_dict" in state:  # Lightning checkpoint: keys carry the module's attribute name; a pretraining
+        # stage's also holds its dense heads (`heads.*`), which are not the policy's
+        state = {k.removeprefix("policy."): v for k, v in state["state_dict"].items() if k.startswith("policy.")}
     own = dict(policy.named_parameters())
     foreign = [k for k in state if k not in own]
     if foreign:

@@ -419,7 +419,14 @@ def point_configs(path: str, overrides: list[str], scale: str = "full") -> list[
         own = [*point_overrides(grid, p), *rest]
         # the scale shrinks *this point's* stages (variants may differ in stages and steps); full changes nothing
         extra = scale_overrides(load_config(path, [*own, "sweep=null"]), scale) if scale != "full" else []
-        out.append([*point_overrides(grid, p), *extra, *rest, f"run_name={run_name(p)}", "sweep=null"])
+        # The scale's steps are computed from this point's stages *with* the user's overrides (a `stages=[..]` list
+        # included), so they go after them: a user's stages list is shrunk like the file's. An explicit
+        # `stages.N.max_steps=` of the user is exact and wins; so does any other explicit setting (the scale's
+        # evaluation settings go before the user's overrides).
+        pinned = {o.partition("=")[0] for o in rest}
+        steps = [o for o in extra if o.startswith("stages.") and o.partition("=")[0] not in pinned]
+        general = [o for o in extra if not o.startswith("stages.")]
+        out.append([*point_overrides(grid, p), *general, *rest, *steps, f"run_name={run_name(p)}", "sweep=null"])
     return out
 
 
@@ -451,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    experiment = load_config(args.config).experiment
+    first = point_configs(args.config, args.overrides, args.scale)  # `experiment=` may be overridden
+    experiment = load_config(args.config, first[0] if first else []).experiment
     print(
         f"[sweep] {len(rows)} runs in {args.results_dir}/{experiment}/runs.csv; tables: python -m lit3drft.collect {experiment}"
     )

@@ -275,12 +275,53 @@ def test_the_pointer_loss_is_the_softmax_mass_on_the_referred_objects_tokens(run
     assert plain["pointer"] == 0 and torch.isnan(plain["pointer_acc"])
 
 
+def test_grounding_clips_in_ta_mode_name_their_target_before_the_box(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_mode=ta``: a grounding clip's answer is the benchmark's grounding think (the target's
+    colour and category, the frame it looks largest in) then the same answer as in DA mode, which still scores IoU 1;
+    detection clips stay direct answers; a bad mode names the key."""
+    from lit3drft.data import prompts as P
+    from lit3drft.data.perception import PerceptionDataModule
+    from lit3drft.rewards.grounding import grounding_scores
+
+    cfgs = {m: _cfg(run_overrides, tmp_path, "pretrain.grounding_share=0.5", f"pretrain.grounding_mode={m}").pretrain
+            for m in ("da", "ta")}  # fmt: skip
+    synth = _cfg(run_overrides, tmp_path).data.synth
+    items = {m: [PerceptionDataset(c, synth, c.seed, 12)[i][0] for i in range(12)] for m, c in cfgs.items()}
+    pairs = [(d, t) for d, t in zip(items["da"], items["ta"]) if t.task == "grounding"]
+    assert pairs and any(t.task == "detection" for t in items["ta"])
+    for da, ta in pairs:
+        g = ta.meta["grounding"]
+        think = ta.answer.removeprefix("<think>").split("</think>")[0]
+        assert (
+            ta.answer.startswith("<think>")
+            and ta.mode == "ta"
+            and ta.prompt == P.full_prompt(P.grounding_question(g["description"]), "ta")
+        )
+        noun = g["description"].split(" closest")[0].split(" farthest")[0].removeprefix("the ")  # "red chair"
+        assert noun in think and f"Frame-{g['frame']}" in think
+        assert ta.answer.endswith(da.answer) and da.answer.startswith("<answer>")
+        _, iou, _ = grounding_scores([ta.answer], [ta.target])
+        assert iou.item() == pytest.approx(1.0)
+    assert all(t.answer == d.answer for d, t in zip(items["da"], items["ta"]) if t.task == "detection")
+    copy = replace_model(cfgs["ta"], grounding_think="description")
+    for i, ta in enumerate(items["ta"]):
+        if ta.task == "grounding":
+            other = PerceptionDataset(copy, synth, copy.seed, 12)[i][0]
+            g = other.meta["grounding"]
+            assert other.answer.startswith("<think>" + g["description"][0].upper() + g["description"][1:] + " looks")
+            assert other.answer.endswith(ta.answer.split("</think>")[1])  # the same answer
+    with pytest.raises(ValueError, match="pretrain.grounding_mode='xa'"):
+        PerceptionDataModule(replace_model(cfgs["da"], grounding_mode="xa"), synth, 2, 2, lambda b: b)
+    with pytest.raises(ValueError, match="pretrain.grounding_think='copy'"):
+        PerceptionDataModule(replace_model(cfgs["da"], grounding_think="copy"), synth, 2, 2, lambda b: b)
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""
     cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.grounding_share=0.5",
                "trainer.val_every_n_steps=2", "data.batch_size=2", "pretrain.val_samples=6",
-               "pretrain.pointer_weight=1.0")  # fmt: skip
+               "pretrain.pointer_weight=1.0", "pretrain.grounding_mode=ta")  # fmt: skip
     payload = fit.fit(cfg)
     for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap", "pointer"):
         assert f"val/grounding/{key}" in payload["metrics"], key

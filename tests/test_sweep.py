@@ -167,6 +167,31 @@ def test_overrides_apply_after_the_variant_and_are_checked_first(tmp_path, monke
     assert len(calls) == 1
 
 
+def test_a_users_stages_list_is_scaled_and_explicit_settings_win(tmp_path) -> None:
+    """``sweep GRID "stages=[..]" --scale small`` failed ("'stages' is a list of 1 items": the scale's per-stage steps
+    were placed before the user's list) and would have undone the scale; the list is now shrunk like the file's.
+    An explicit ``stages.N.max_steps`` or evaluation setting of the user is taken as given."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("stages: [{kind: sft, max_steps: 100}, {kind: grpo, max_steps: 40}]\nsweep:\n  seed: [0, 1]\n")
+    one = ["stages=[{kind: sft, max_steps: 60}]"]
+    steps = [[s.max_steps for s in load_config(grid, ov).stages] for ov in point_configs(str(grid), one, "small")]
+    assert steps == [[30], [30]]
+    explicit = ["stages.1.max_steps=7", "data.max_eval_samples=5"]
+    cfgs = [load_config(grid, ov) for ov in point_configs(str(grid), explicit, "small")]
+    assert [[s.max_steps for s in c.stages] for c in cfgs] == [[50, 7], [50, 7]]
+    assert {c.data.max_eval_samples for c in cfgs} == {5} and {tuple(c.eval.splits) for c in cfgs} == {("test",)}
+
+
+def test_the_last_line_names_the_overridden_experiment(tmp_path, monkeypatch, capsys) -> None:
+    import lit3drft.sweep as sweep_mod
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("experiment: g\nsweep:\n  seed: [0, 1]\n")
+    monkeypatch.setattr(sweep_mod, "sweep", lambda *a, **kw: [])
+    assert sweep_mod.main([str(grid), "experiment=g_lr", "seed=1"]) == 0
+    assert "results/g_lr/runs.csv; tables: python -m lit3drft.collect g_lr" in capsys.readouterr().out
+
+
 def test_child_threads_split_the_available_cores(monkeypatch) -> None:
     import lit3drft.sweep as sweep_mod
 

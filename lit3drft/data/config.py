@@ -128,6 +128,9 @@ class SourceConfig:
     """Frames per sample: VSI-Bench videos are sampled uniformly to this many (0 means 16); VG-LLM rows keep theirs."""
     image_size: list[int] = field(default_factory=list)
     """Resize frames to [width, height] at load time; empty keeps the stored resolution."""
+    mode: Literal["", "da", "ta"] = ""
+    """Answer mode of this source's rows in training and evaluation alike; empty: `DataConfig.train_mode` and
+    `eval_mode`. E.g. `ta` on grounding alone: its think names the target before the box is written."""
     media_root: str = ""
     """Directory that image paths (VG-LLM) or `<dataset>/<scene_name>.mp4` (VSI-Bench) are relative to;
     empty means `DataConfig.root` (and `<root>/videos` for VSI-Bench)."""

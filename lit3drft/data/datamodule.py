@@ -185,13 +185,14 @@ class LitDataModule(L.LightningDataModule):
                 rng = np.random.default_rng([cfg.eval_seed, k, SPLITS.index(split)])
                 cap = min(x for x in (src.max_samples, cfg.max_eval_samples) if x > 0) if (
                     src.max_samples or cfg.max_eval_samples) else 0  # fmt: skip
-                entries += [(r, cfg.eval_mode, "") for r in sorted(_subset(rng, recs, cap), key=lambda r: r.id)]
+                mode = src.mode or cfg.eval_mode
+                entries += [(r, mode, "") for r in sorted(_subset(rng, recs, cap), key=lambda r: r.id)]
                 continue
             rng = np.random.default_rng([cfg.seed, k, SPLITS.index(split)])
             recs = _subset(rng, recs, src.max_samples)
             reps = math.floor(src.weight)
             recs = recs * reps + recs[: round((src.weight - reps) * len(recs))]
-            modes = ["da", "ta"] if cfg.train_mode == "da+ta" else [cfg.train_mode]
+            modes = [src.mode] if src.mode else ["da", "ta"] if cfg.train_mode == "da+ta" else [cfg.train_mode]
             entries += [(r, m, f"@{m}" if len(modes) > 1 else "") for r in recs for m in modes]
         return entries
 

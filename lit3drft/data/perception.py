@@ -38,7 +38,7 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import describe, left_to_right
+from lit3drft.data.tasks import describe, grounding_think, left_to_right
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -96,6 +96,16 @@ class PretrainConfig:
     camera. A clip without such an object stays a detection clip. Above 0, validation also asks the held-out
     clips (those with a describable object) and scores them (``val/grounding/*``: Acc@0.25, mIoU, frame accuracy,
     swap gap). With the other shares it must sum to at most 1."""
+    grounding_mode: str = "da"
+    """Answer mode of the grounding clips, training and held-out: ``da`` (direct answer) or ``ta``: think, then answer,
+    the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
+    colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
+    box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
+    grounding_think: str = "benchmark"
+    """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
+    its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
+    expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
+    1.67 m in front of the camera."), every token of which but the last numbers is a copy of the question."""
     pointer_weight: float = 0.0
     """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
     the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
@@ -223,8 +233,8 @@ def box2d_sample(sample: Sample) -> Sample:
                    target={"task": "box2d", "mode": sample.mode, "boxes2d": boxes, "labels": labels})  # fmt: skip
 
 
-def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[int],
-                       rng: np.random.Generator) -> dict | None:  # fmt: skip
+def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[int], rng: np.random.Generator,
+                       think: str = "benchmark") -> dict | None:  # fmt: skip
     """A grounding question on a clip: the first object of ``keep`` (visible ones, in a random order) that a
     referring expression singles out, the clip frame where its drawn area is largest and its box in that frame's
     camera (what the benchmark's grounding rows hold); None if no visible object can be singled out."""
@@ -234,20 +244,26 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             continue
         k = int(np.argmax([(x == t + 1).sum() for x in insts]))
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
-        return {"description": described[0], "frame": k, "bbox_3d": box, "object": t,
+        if think == "description":
+            text = f"{described[0][0].upper()}{described[0][1:]} looks largest in Frame-{k}, {box[2]:.2f} m in front of the camera."
+        else:
+            text = grounding_think(described[1], k, box)
+        return {"description": described[0], "think": text, "frame": k,
+                "bbox_3d": box, "object": t,
                 "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
     return None
 
 
-def grounding_sample(sample: Sample) -> Sample:
-    """The grounding question of ``meta["grounding"]`` on ``sample``'s clip, in the benchmark's format."""
-    g = sample.meta["grounding"]
+def grounding_sample(sample: Sample, mode: str | None = None) -> Sample:
+    """The grounding question of ``meta["grounding"]`` on ``sample``'s clip, in the benchmark's format, asked in
+    ``mode`` (default: the sample's; ``ta`` writes the benchmark's grounding think before the answer)."""
+    g, mode = sample.meta["grounding"], mode or sample.mode
     text = P.grounding_question(g["description"])
-    target = {"task": "grounding", "mode": sample.mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
+    target = {"task": "grounding", "mode": mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
               "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
-    return replace(sample, task="grounding", prompt=P.full_prompt(text, sample.mode),
-                   answer=P.format_answer(P.grounding_answer(g["frame"], g["bbox_3d"]), sample.mode), target=target,
-                   frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
+    answer = P.format_answer(P.grounding_answer(g["frame"], g["bbox_3d"]), mode, g.get("think"))
+    return replace(sample, task="grounding", prompt=P.full_prompt(text, mode), answer=answer, target=target,
+                   mode=mode, frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
 
 
 class PerceptionDataset(Dataset):
@@ -294,7 +310,7 @@ class PerceptionDataset(Dataset):
         box2d = {"boxes": [b for _, b in in_first], "labels": [scene.objects[k].category for k, _ in in_first]}
         lo = c.inventory_share + c.box2d_share
         asked = c.grounding_share > 0 and (not self.training or lo <= u < lo + c.grounding_share)
-        grounding = grounding_question(scene, keep, insts, frames, rng) if asked else None  # draws only then
+        grounding = grounding_question(scene, keep, insts, frames, rng, c.grounding_think) if asked else None
         sample = Sample(
             id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
             prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
@@ -309,7 +325,7 @@ class PerceptionDataset(Dataset):
         if c.inventory_share <= u < lo:
             sample = box2d_sample(sample)
         elif grounding is not None and self.training:
-            sample = grounding_sample(sample)
+            sample = grounding_sample(sample, c.grounding_mode)
         return sample, dense
 
 
@@ -338,6 +354,10 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
+        if cfg.grounding_think not in ("benchmark", "description"):
+            raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark' or 'description'")
+        if cfg.grounding_mode not in ("da", "ta"):
+            raise ValueError(f"pretrain.grounding_mode={cfg.grounding_mode!r}: must be 'da' or 'ta'")
         if not cfg.geometry_init_ratio >= 0:
             raise ValueError(f"pretrain.geometry_init_ratio={cfg.geometry_init_ratio}: must be >= 0 (0: zero start)")
         scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}

@@ -121,6 +121,12 @@ def describe(scene: Scene, t: int, rng: np.random.Generator) -> tuple[str, str] 
     return None
 
 
+def grounding_think(described: str, frame: int, bbox: list[float]) -> str:
+    """The think-then-answer trace of a grounding answer: ``describe``'s reasoning about which object is meant, then
+    the answered frame and the box centre's depth in its camera (what the answer's box is then written from)."""
+    return f"{described} It looks largest in Frame-{frame}, {bbox[2]:.2f} m in front of the camera."
+
+
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
     """ScanRefer-style rows: ``n_frames`` frames prefixed "Frame-i: ", the answer frame the one where the
     target's drawn area is largest, its box in that camera's frame."""
@@ -146,7 +152,7 @@ def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samp
         bbox = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
         human = "".join(P.frame_label(i) + P.IMAGE_TOKEN for i in range(n_frames))
         human += "\n" + P.grounding_question(desc)
-        think += f" It looks largest in Frame-{k}, {bbox[2]:.2f} m in front of the camera."
+        think = grounding_think(think, k, bbox)
         rows.append(
             {
                 "id": f"{scene.name}/ground{n_frames}_{len(rows)}",

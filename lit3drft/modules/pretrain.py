@@ -233,7 +233,7 @@ class PretrainModule(PolicyModule):
         Acc@0.25 (world-frame IoU through the answered frame's pose, as the benchmark scores it), mIoU, frame
         accuracy; with ``pretrain.pointer_weight``, the pointer's loss and accuracy on them."""
         asked = [i for i, s in enumerate(samples) if s.meta.get("grounding")]
-        flat = [grounding_sample(samples[i]) for i in asked]
+        flat = [grounding_sample(samples[i], self.pretrain_cfg.grounding_mode) for i in asked]
         if len(flat) < 2:  # a swap needs another clip
             return {}
         row = {}

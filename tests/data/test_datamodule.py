@@ -59,6 +59,20 @@ def test_mix_filters_caps_and_modes(cfg):
     assert len(dm.datasets["train"]) == 3 * 2 * len(capped)
 
 
+def test_a_sources_own_mode_wins_in_training_and_evaluation(cfg):
+    """``data.sources[i].mode``: grounding in TA mode while the other tasks follow the global DA modes."""
+    sources = [replace(src, mode="ta" if src.task == "grounding" else "") for src in cfg.sources]
+    dm = LitDataModule(replace(cfg, sources=sources, train_mode="da", eval_mode="da", max_eval_samples=2))
+    dm.setup()
+    for split in ("train", "test"):
+        modes = {(r.task, m) for r, m, _ in dm.datasets[split].entries}
+        assert modes == {("detection", "da"), ("grounding", "ta"), ("spatial", "da")}, split
+    sample = next(
+        s for s in (dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))) if s.task == "grounding"
+    )
+    assert sample.answer.startswith("<think>") and "Frame-" in sample.answer.split("</think>")[0]
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))

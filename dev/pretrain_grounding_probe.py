@@ -1,0 +1,103 @@
+"""What does a pretraining checkpoint write for the held-out grounding clips? (issue 14)
+
+``python dev/pretrain_grounding_probe.py RUN_DIR_OR_CKPT [--level L] [--n N] [key=value ...]``: the held-out
+pretraining clips (seed + 1) at ``level`` asked the grounding question, answered greedily; per clip the target's
+frame and box (answered frame's camera), the answer, its world IoU (the metric), and the IoU of the answered box
+with every object of the room when read in the answered frame's camera and in the target frame's camera (is it
+another object's box? the right object's box in the wrong camera?). Then the same means over the clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lit3drft.data.perception import PerceptionDataset, clip_cfg, grounding_sample
+from lit3drft.data.scene import make_scene
+from lit3drft.data.synth import knobs_of, scene_rng
+from lit3drft.evaluate import resolve_target
+from lit3drft.fit import load_trainable
+from lit3drft.models import build_policy
+from lit3drft.rewards.boxes import box3d_iou
+from lit3drft.rewards.grounding import _to_world
+from lit3drft.rewards.parsing import extract_answer, parse_grounding
+
+
+def _ious(box: list[float], frame: int, target: dict, objs: torch.Tensor) -> torch.Tensor:
+    """IoU of ``box`` read in clip frame ``frame``'s camera with every object of the room (world boxes)."""
+    p = _to_world(box, frame, target)
+    if p is None:
+        return torch.zeros(len(objs))
+    return box3d_iou(p[None].expand(len(objs), -1), objs, paired=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("target")
+    ap.add_argument("--level", type=int, default=0, help="held-out level (0: the run's pretrain.val_level)")
+    ap.add_argument("--n", type=int, default=64, help="held-out clips to draw (those with a describable object ask)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    cfg, weights, _ = resolve_target(Path(args.target), None, args.overrides)
+    policy = build_policy(cfg.model)
+    if weights is not None:
+        load_trainable(policy, weights)
+    policy.eval()
+    pc = cfg.pretrain
+    if args.level:
+        pc.val_level = args.level
+    level = pc.val_level or cfg.data.synth.level
+    data = PerceptionDataset(pc, cfg.data.synth, pc.seed + 1, args.n, training=False)
+    items = [(i, data[i][0]) for i in range(args.n)]
+    flat = [(i, grounding_sample(s, pc.grounding_mode)) for i, s in items if s.meta.get("grounding")]
+    texts = []
+    with torch.no_grad():
+        for b in range(0, len(flat), 16):
+            texts += policy.generate([s for _, s in flat[b : b + 16]], max_new_tokens=cfg.eval.max_new_tokens)
+    cols: dict[str, list[float]] = {"metric": [], "frame_acc": [], "best_obj_answered_cam": [],
+                                    "target_in_target_cam": [], "best_obj_target_cam": [], "n_objects": []}  # fmt: skip
+    for j, ((i, s), text) in enumerate(zip(flat, texts)):
+        if j < 3:
+            print(f"clip {i} completion: {text!r}\n  target: {s.answer!r}")
+        t = s.target
+        gen = clip_cfg(cfg.data.synth, pc.seed + 1, level)
+        scene = make_scene(f"pre{pc.seed + 1}_{i:07d}", scene_rng(gen.seed, i), knobs_of(gen))
+        objs = torch.tensor(np.array([o.box for o in scene.objects]), dtype=torch.float64)
+        gt = _to_world(list(t["bbox_3d"]), int(t["frame"]), t)
+        ans = parse_grounding(extract_answer(text))
+        cols["n_objects"].append(len(objs))
+        if ans is None:
+            print(f"clip {i}: unparsed {text[:300]!r}")
+            continue
+        f, box = ans
+
+        a, tt = _ious(box, f, t, objs), _ious(box, int(t["frame"]), t, objs)
+        tgt = int(s.meta["grounding"]["object"])
+        m = (
+            float(box3d_iou(_to_world(box, f, t)[None], gt[None], paired=True)[0])
+            if _to_world(box, f, t) is not None
+            else 0.0
+        )
+        cols["metric"].append(m)
+        cols["frame_acc"].append(float(f == int(t["frame"])))
+        cols["best_obj_answered_cam"].append(float(a.max()))
+        cols["target_in_target_cam"].append(float(tt[tgt]))
+        cols["best_obj_target_cam"].append(float(tt.max()))
+        print(f"clip {i}: {s.meta['grounding']['description']!r} n={len(objs)} target f={t['frame']} "
+              f"{[round(v, 2) for v in t['bbox_3d'][:6]]} | answer f={f} {[round(v, 2) for v in box[:6]]} | "
+              f"IoU {m:.2f}, best obj (answered cam) {float(a.max()):.2f} #{int(a.argmax())}, "
+              f"target in target cam {float(tt[tgt]):.2f}")  # fmt: skip
+    out = {k: round(float(np.mean(v)), 4) if v else None for k, v in cols.items()}
+    out["acc25"] = round(float(np.mean(np.array(cols["metric"]) >= 0.25)), 4) if cols["metric"] else 0.0
+    out["clips"], out["parsed"], out["level"] = len(flat), len(cols["metric"]), level
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
