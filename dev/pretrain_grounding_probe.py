@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lit3drft.algorithms.sft import answer_only_cross_entropy
 from lit3drft.data.perception import PerceptionDataset, clip_cfg, grounding_sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
@@ -93,6 +95,15 @@ def main(argv=None) -> int:
               f"IoU {m:.2f}, best obj (answered cam) {float(a.max()):.2f} #{int(a.argmax())}, "
               f"target in target cam {float(tt[tgt]):.2f}")  # fmt: skip
     out = {k: round(float(np.mean(v)), 4) if v else None for k, v in cols.items()}
+    # does the answer read the question? its cross-entropy under another clip's referring expression (same frames)
+    # minus under its own: ~0 when the answer (think included) ignores the question
+    samples = [s for _, s in flat]
+    if len(samples) > 1:
+        swapped = [replace(s, prompt=samples[(j + 1) % len(samples)].prompt) for j, s in enumerate(samples)]
+        with torch.no_grad():
+            ce = [answer_only_cross_entropy(policy(b).logits, b["labels"]).item()
+                  for b in (policy.collate(x, with_answer=True) for x in (samples, swapped))]  # fmt: skip
+        out["question_swap_gap"] = round(ce[1] - ce[0], 4)
     out["acc25"] = round(float(np.mean(np.array(cols["metric"]) >= 0.25)), 4) if cols["metric"] else 0.0
     out["clips"], out["parsed"], out["level"] = len(flat), len(cols["metric"]), level
     print(json.dumps(out, indent=1))
