@@ -38,14 +38,57 @@ def _ious(box: list[float], frame: int, target: dict, objs: torch.Tensor) -> tor
     return box3d_iou(p[None].expand(len(objs), -1), objs, paired=True)
 
 
+def attention_split(policy, samples: list) -> list[dict[str, float]]:
+    """Per layer, the mean attention mass (over heads and answer positions) that the answer's tokens put on the
+    visual tokens, on the referring expression's tokens (the prompt's ``Text: ...`` line) and on everything else."""
+    tok = policy.tokenizer
+    b = policy.collate(samples, with_answer=True)
+    with torch.no_grad():
+        pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
+        att = policy.hf_model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            position_ids=pos,
+            use_cache=False,
+            output_attentions=True,
+            **policy.visual_kwargs(b),
+        ).attentions
+    image_id = policy.hf_model.config.image_token_id
+    rows = []
+    for layer in att:  # (B, H, L, L)
+        parts = {"visual": [], "expression": [], "rest": []}
+        for i in range(len(samples)):
+            ids = b["input_ids"][i].tolist()
+            pieces = [tok.decode([t]) for t in ids]
+            ends = np.cumsum([len(x) for x in pieces])
+            text = "".join(pieces)
+            lo = text.rfind("Text: ") + len("Text: ")
+            hi = text.find("\n", lo)
+            expr = torch.tensor([lo <= e - 1 < hi for e in ends])
+            visual = b["input_ids"][i] == image_id
+            answer = b["labels"][i] != -100
+            a = layer[i].mean(0)[answer]  # (answer positions, L)
+            parts["visual"].append(a[:, visual].sum(-1).mean().item())
+            parts["expression"].append(a[:, expr].sum(-1).mean().item())
+            parts["rest"].append(a[:, ~(visual | expr)].sum(-1).mean().item())
+        rows.append({k: round(float(np.mean(v)), 4) for k, v in parts.items()})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("target")
     ap.add_argument("--level", type=int, default=0, help="held-out level (0: the run's pretrain.val_level)")
     ap.add_argument("--n", type=int, default=64, help="held-out clips to draw (those with a describable object ask)")
+    ap.add_argument(
+        "--attention",
+        action="store_true",
+        help="also: where the answer's attention goes (visual tokens, the referring expression, the rest)",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    cfg, weights, _ = resolve_target(Path(args.target), None, args.overrides)
+    extra = ["model.attn_implementation=eager"] if args.attention else []  # attention weights need eager
+    cfg, weights, _ = resolve_target(Path(args.target), None, [*args.overrides, *extra])
     policy = build_policy(cfg.model)
     if weights is not None:
         load_trainable(policy, weights)
@@ -104,6 +147,8 @@ def main(argv=None) -> int:
             ce = [answer_only_cross_entropy(policy(b).logits, b["labels"]).item()
                   for b in (policy.collate(x, with_answer=True) for x in (samples, swapped))]  # fmt: skip
         out["question_swap_gap"] = round(ce[1] - ce[0], 4)
+    if args.attention and samples:
+        out["attention"] = attention_split(policy, samples)
     out["acc25"] = round(float(np.mean(np.array(cols["metric"]) >= 0.25)), 4) if cols["metric"] else 0.0
     out["clips"], out["parsed"], out["level"] = len(flat), len(cols["metric"]), level
     print(json.dumps(out, indent=1))
