@@ -3,7 +3,9 @@
 For the detection and grounding samples of a split (the evaluation subset ``data.max_eval_samples`` selects),
 measures the **image-swap gap**: the answer cross-entropy (nats per answer token) with the frames of the next
 sample of the same task minus with the sample's own frames. A policy that ignores the pixels scores 0; one
-that reads them pays for another room's frames. Detection answers are also decoded greedily and scored
+that reads them pays for another room's frames. For grounding and spatial questions, the **question-swap gap**
+does the same with the next sample's prompt (its referring expression or question) on the sample's own frames:
+0 for a policy that answers without reading the question. Detection answers are also decoded greedily and scored
 class-agnostically (``lit3drft.algorithms.dense.detection_probe``: mIoU, label accuracy, centre error).
 Writes ``<run_dir>/probe-<split>.json`` (or ``--out``) and prints it.
 """
@@ -37,9 +39,10 @@ def answer_ce(policy, samples: list[Sample]) -> tuple[float, int]:
     return float(answer_only_cross_entropy(policy(batch).logits, policy.to_device(batch)["labels"])) * n, n
 
 
-def swap_gap(policy, samples: list[Sample], batch_size: int) -> dict[str, float]:
-    """Answer CE with own frames, with the next sample's frames (same task, cyclic), and their difference."""
-    swapped = [replace(s, frames=samples[(i + 1) % len(samples)].frames) for i, s in enumerate(samples)]
+def swap_gap(policy, samples: list[Sample], batch_size: int, swap: str = "frames") -> dict[str, float]:
+    """Answer CE with the sample's own ``swap`` (``frames`` or ``prompt``), with the next sample's (same task,
+    cyclic), and their difference."""
+    swapped = [replace(s, **{swap: getattr(samples[(i + 1) % len(samples)], swap)}) for i, s in enumerate(samples)]
     totals = {"own": [0.0, 0], "swapped": [0.0, 0]}
     for key, rows in (("own", samples), ("swapped", swapped)):
         for start in range(0, len(rows), batch_size):
@@ -51,14 +54,20 @@ def swap_gap(policy, samples: list[Sample], batch_size: int) -> dict[str, float]
 
 
 def probe(policy, samples: list[Sample], batch_size: int, max_new_tokens: int) -> dict[str, dict[str, float]]:
-    """Swap gap per task (detection, grounding), and class-agnostic detection figures from greedy answers."""
+    """Swap gap per task (detection, grounding), the question-swap gap (grounding, spatial), and class-agnostic
+    detection figures from greedy answers."""
     policy.eval()
     out: dict[str, dict[str, float]] = {}
-    for task in ("detection", "grounding"):
+    for task in ("detection", "grounding", "spatial"):
         rows = [s for s in samples if s.task == task]
         if len(rows) < 2:
             continue
-        out[task] = swap_gap(policy, rows, batch_size)
+        if task != "spatial":
+            out[task] = swap_gap(policy, rows, batch_size)
+        if task != "detection":  # the detection prompt is one sentence for every sample: nothing to swap
+            q = swap_gap(policy, rows, batch_size, swap="prompt")
+            out.setdefault(task, {"ce_own": q["ce_own"], "samples": q["samples"]})
+            out[task].update({"ce_question_swapped": q["ce_swapped"], "question_swap_gap": q["swap_gap"]})
         if task == "detection":
             texts = []
             for start in range(0, len(rows), batch_size):
