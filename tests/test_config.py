@@ -136,6 +136,7 @@ def test_list_items_and_free_form_keys_on_the_command_line() -> None:
             r"'data\.on_bad_sample': Invalid value 'ignore', expected one of \['error', 'skip'\]",
         ),
         ("reward.matching=best", r"matching.*\['greedy', 'hungarian'\]"),
+        ("pretrain.grounding_think=copy", r"'pretrain\.grounding_think': Invalid value 'copy', expected one of"),
         (
             "data.sources.1.mode=cot",
             r"'data\.sources\[1\]\.mode': Invalid value 'cot', expected one of \['', 'da', 'ta'\]",

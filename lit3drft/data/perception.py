@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -96,12 +97,12 @@ class PretrainConfig:
     camera. A clip without such an object stays a detection clip. Above 0, validation also asks the held-out
     clips (those with a describable object) and scores them (``val/grounding/*``: Acc@0.25, mIoU, frame accuracy,
     swap gap). With the other shares it must sum to at most 1."""
-    grounding_mode: str = "da"
+    grounding_mode: Literal["da", "ta"] = "da"
     """Answer mode of the grounding clips, training and held-out: ``da`` (direct answer) or ``ta``: think, then answer,
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: str = "benchmark"
+    grounding_think: Literal["benchmark", "description"] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
@@ -244,12 +245,9 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             continue
         k = int(np.argmax([(x == t + 1).sum() for x in insts]))
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
-        if think == "description":
-            text = f"{described[0][0].upper()}{described[0][1:]} looks largest in Frame-{k}, {box[2]:.2f} m in front of the camera."
-        else:
-            text = grounding_think(described[1], k, box)
-        return {"description": described[0], "think": text, "frame": k,
-                "bbox_3d": box, "object": t,
+        said = described[1] if think == "benchmark" else ""
+        text = grounding_think(said, k, box, described[0] if think == "description" else None)
+        return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
                 "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
     return None
 

@@ -121,10 +121,19 @@ def describe(scene: Scene, t: int, rng: np.random.Generator) -> tuple[str, str] 
     return None
 
 
-def grounding_think(described: str, frame: int, bbox: list[float]) -> str:
+def grounding_think(described: str, frame: int, bbox: list[float], description: str | None = None) -> str:
     """The think-then-answer trace of a grounding answer: ``describe``'s reasoning about which object is meant, then
-    the answered frame and the box centre's depth in its camera (what the answer's box is then written from)."""
-    return f"{described} It looks largest in Frame-{frame}, {bbox[2]:.2f} m in front of the camera."
+    the answered frame and the box centre's depth in its camera (what the answer's box is then written from). With
+    ``description`` (a referring expression), that expression copied instead of the reasoning.
+
+    Example:
+        >>> grounding_think("", 3, [0.1, 0.2, 1.234], "the red chair closest to the bed")
+        'The red chair closest to the bed looks largest in Frame-3, 1.23 m in front of the camera.'
+    """
+    where = f"Frame-{frame}, {bbox[2]:.2f} m in front of the camera."
+    if description is not None:
+        return f"{description[0].upper()}{description[1:]} looks largest in {where}"
+    return f"{described} It looks largest in {where}"
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
