@@ -12,19 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lit3drft.algorithms.sft import answer_only_cross_entropy
 from lit3drft.data.perception import PerceptionDataset, clip_cfg, grounding_sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
 from lit3drft.evaluate import resolve_target
 from lit3drft.fit import load_trainable
 from lit3drft.models import build_policy
+from lit3drft.probe import swap_gap
 from lit3drft.rewards.boxes import box3d_iou
 from lit3drft.rewards.grounding import _to_world
 from lit3drft.rewards.parsing import extract_answer, parse_grounding
@@ -142,11 +141,7 @@ def main(argv=None) -> int:
     # minus under its own: ~0 when the answer (think included) ignores the question
     samples = [s for _, s in flat]
     if len(samples) > 1:
-        swapped = [replace(s, prompt=samples[(j + 1) % len(samples)].prompt) for j, s in enumerate(samples)]
-        with torch.no_grad():
-            ce = [answer_only_cross_entropy(policy(b).logits, b["labels"]).item()
-                  for b in (policy.collate(x, with_answer=True) for x in (samples, swapped))]  # fmt: skip
-        out["question_swap_gap"] = round(ce[1] - ce[0], 4)
+        out["question_swap_gap"] = round(swap_gap(policy, samples, 16, swap="prompt")["swap_gap"], 4)
     if args.attention and samples:
         out["attention"] = attention_split(policy, samples)
     out["acc25"] = round(float(np.mean(np.array(cols["metric"]) >= 0.25)), 4) if cols["metric"] else 0.0

@@ -245,8 +245,7 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             continue
         k = int(np.argmax([(x == t + 1).sum() for x in insts]))
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
-        said = described[1] if think == "benchmark" else ""
-        text = grounding_think(said, k, box, described[0] if think == "description" else None)
+        text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
                 "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
     return None
