@@ -323,7 +323,7 @@ def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, t
                "trainer.val_every_n_steps=2", "data.batch_size=2", "pretrain.val_samples=6",
                "pretrain.pointer_weight=1.0", "pretrain.grounding_mode=ta")  # fmt: skip
     payload = fit.fit(cfg)
-    for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap", "pointer"):
+    for key in ("acc25", "miou", "frame_acc", "parsed", "swap_gap", "question_swap_gap", "pointer"):
         assert f"val/grounding/{key}" in payload["metrics"], key
     assert 0 <= payload["metrics"]["val/grounding/acc25"] <= 1
 
@@ -337,3 +337,62 @@ def test_box2d_questions_train_and_are_scored_at_validation(run_overrides, tmp_p
     for key in ("val/box2d/miou", "val/box2d/label_acc", "val/box2d/parsed", "val/box2d/swap_gap", "val/miou"):
         assert key in payload["metrics"], key
     assert 0 <= payload["metrics"]["val/box2d/miou"] <= 1
+
+
+def test_copy_text_samples_ask_their_text_back_and_are_deterministic() -> None:
+    """``copy_text_sample``: no frames, the ``Text:`` line's text is the whole answer, the same for the same
+    ``(seed, i)``, and the stream mixes word lists and referring expressions."""
+    from lit3drft.data.perception import copy_text_sample
+    from lit3drft.data.prompts import CATEGORIES
+
+    samples = [copy_text_sample(11, i) for i in range(40)]
+    assert [s.answer for s in samples] == [copy_text_sample(11, i).answer for i in range(40)]
+    assert [s.answer for s in samples] != [copy_text_sample(12, i).answer for i in range(40)]
+    for s in samples:
+        text = s.target["text"]
+        assert s.frames == [] and s.task == "copy"
+        assert f"Text: {text}\n" in s.prompt and s.answer == f"<answer>{text}</answer>"
+    expressions = [s for s in samples if " closest to the " in s.answer or " farthest from the " in s.answer]
+    assert 5 < len(expressions) < 35
+    for s in expressions:
+        words = s.target["text"].lower().split()
+        assert words[0] == "the" and any(" ".join(words[2:]).startswith(c) for c in CATEGORIES)
+
+
+def test_a_text_only_batch_is_the_chat_template_without_frames(run_overrides, tmp_path) -> None:
+    """``Policy.collate`` on samples without frames: the chat-templated prompt tokenised as the tokenizer alone
+    does, the answer appended with labels; a batch that mixes framed and text-only samples is refused."""
+    from lit3drft.data.perception import copy_text_sample
+
+    cfg = _cfg(run_overrides, tmp_path)
+    policy = build_policy(cfg.model)
+    samples = [copy_text_sample(3, i) for i in range(3)]
+    b = policy.collate(samples, with_answer=True)
+    assert "pixel_values" not in b and int(b["mm_token_type_ids"].sum()) == 0
+    tok = policy.tokenizer
+    for row, labels, s in zip(b["input_ids"], b["labels"], samples):
+        text = tok.decode(row, skip_special_tokens=False)
+        assert s.prompt in text and "<image>" not in text and "<|image_pad|>" not in text
+        assert tok.decode(labels[labels != -100]) == s.answer + "<|im_end|>"
+    out = policy(b)
+    assert torch.isfinite(out.logits).all()
+    framed = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 2)[0][0]
+    with pytest.raises(ValueError, match="mixes samples with and without frames"):
+        policy.collate([framed, samples[0]])
+
+
+def test_the_text_copy_loss_trains_and_is_probed_at_validation(run_overrides, tmp_path) -> None:
+    """``pretrain.text_weight``: every full step adds the copy samples' answer CE (logged), validation logs the
+    held-out copies' CE and question-swap gap; the weight must be >= 0."""
+    cfg = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.text_weight=1.0", "pretrain.text_batch=3",
+               "pretrain.vision_warmup_steps=0",
+               "trainer.val_every_n_steps=2", "data.batch_size=2", "trainer.log_every_n_steps=1")  # fmt: skip
+    payload = fit.fit(cfg)
+    for key in ("val/copy/answer_ce", "val/copy/question_swap_gap"):
+        assert key in payload["metrics"], key
+    logged = (tmp_path / "pretrain_tiny" / "run").rglob("metrics.csv")
+    assert any("train/text_copy_ce" in p.read_text().splitlines()[0] for p in logged)
+    with pytest.raises(ValueError, match="pretrain.text_weight=-1"):
+        from lit3drft.data.perception import PerceptionDataModule
+
+        PerceptionDataModule(replace_model(cfg.pretrain, text_weight=-1.0), cfg.data.synth, 2, 2, lambda b: b)

@@ -124,9 +124,41 @@ class PretrainConfig:
     that its tokens' mean norm is this fraction of the visual tokens' (measured on one batch before the first step):
     added at zero, the prior is invisible next to visual tokens of norm ~100 and its gradient is noise (measured:
     output norm 2.6 after 300 steps at 10x lr). 0 keeps the zero start (the model unchanged at step 0)."""
+    text_weight: float = 0.0
+    """Weight of a text-only copy loss added to every full step: ``text_batch`` sequences of ``copy_text_sample``
+    (no frames), each "Repeat the text." with a ``Text:`` line of the benchmark's words or a referring expression,
+    answered with that text. The tiny base's language model never had to read its prompt (a fixed detection
+    question for ~10k steps) and cannot copy from it (``dev/copy_probe.py``): a grounding answer needs exactly that
+    skill. 0: off."""
+    text_batch: int = 16
+    """Text-only copy sequences per step when ``text_weight`` is above 0."""
     geometry_lr_scale: float = 1.0
     """A further multiplier for the geometry prior (``model.geometry``): its output layer starts at zero and must
     grow to the scale of the visual tokens it is added to (norm ~100 in the embedded base) to be seen at all."""
+
+
+COPY_PROMPT = "Repeat the text.\nText: {text}"
+"""The text-only copy question of ``pretrain.text_weight`` (the ``Text:`` line as in ``P.GROUNDING_PROMPT``)."""
+RELATIONS = ("closest to", "farthest from")
+
+
+def copy_text_sample(seed: int, i: int) -> Sample:
+    """Text-only sample ``i`` of the copy stream ``seed`` (no frames): half a list of 3-12 of the benchmark's words
+    (categories, colours, relations), half a referring expression shaped as the benchmark's ("the red chair closest
+    to the white bed"), asked back and answered verbatim (direct answer). Deterministic per ``(seed, i)``."""
+    rng = scene_rng(seed, i)
+    cats = list(P.CATEGORIES)
+    if rng.random() < 0.5:
+        lexicon = sorted({w for c in cats for w in (*c.split(), *P.CATEGORIES[c].colors)} | {"the", "to", "from"}
+                         | {w for r in RELATIONS for w in r.split()})  # fmt: skip
+        text = " ".join(rng.choice(lexicon, size=int(rng.integers(3, 13))).tolist())
+    else:
+        t, a = rng.choice(len(cats), size=2, replace=False).tolist()
+        colour = [str(rng.choice(P.CATEGORIES[cats[k]].colors)) for k in (t, a)]
+        text = f"the {colour[0]} {cats[t]} {RELATIONS[int(rng.integers(2))]} the {colour[1]} {cats[a]}"
+    text = text[0].upper() + text[1:]
+    return Sample(id=f"copy{seed}/{i:07d}", task="copy", frames=[], prompt=P.full_prompt(COPY_PROMPT.format(
+        text=text), "da"), answer=P.format_answer(text, "da"), target={"task": "copy", "mode": "da", "text": text})  # fmt: skip
 
 
 def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
@@ -357,6 +389,9 @@ class PerceptionDataModule(L.LightningDataModule):
             raise ValueError(f"pretrain.grounding_mode={cfg.grounding_mode!r}: must be 'da' or 'ta'")
         if not cfg.geometry_init_ratio >= 0:
             raise ValueError(f"pretrain.geometry_init_ratio={cfg.geometry_init_ratio}: must be >= 0 (0: zero start)")
+        if not (cfg.text_weight >= 0 and cfg.text_batch >= 1):
+            raise ValueError(f"pretrain.text_weight={cfg.text_weight}, pretrain.text_batch={cfg.text_batch}: the weight "
+                             "must be >= 0 (0: off) and the batch at least 1")  # fmt: skip
         scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}
         for key, value in scales.items():
             if not value > 0:  # NaN fails too

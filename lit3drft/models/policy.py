@@ -265,6 +265,14 @@ class Policy(nn.Module):
         prompts = [self.processor.apply_chat_template(self._messages(s), tokenize=False, add_generation_prompt=True)
                    for s in samples]  # fmt: skip
         video = self.cfg.frames_as == "video"
+        framed = [bool(s.frames) for s in samples]
+        if not any(framed):  # a text-only batch (pretraining's copy samples): no visual inputs at all
+            batch = dict(self.processor.tokenizer(prompts, padding=True, return_tensors="pt"))
+            batch["mm_token_type_ids"] = torch.zeros_like(batch["input_ids"])
+            return {**batch, **self._append_answers(batch, [s.answer for s in samples])} if with_answer else batch
+        if not all(framed):
+            raise ValueError(f"a batch mixes samples with and without frames ({[s.id for s in samples if not s.frames]}"
+                             " have none): text-only samples are collated on their own")  # fmt: skip
         kwargs: dict[str, Any] = {"videos": [s.frames for s in samples]} if video else {
             "images": [f for s in samples for f in s.frames]}  # fmt: skip
         batch = dict(self.processor(text=prompts, padding=True, return_tensors="pt", **kwargs))
@@ -375,8 +383,8 @@ class Policy(nn.Module):
 
     def visual_kwargs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """What HF's forward takes for the frames: raw pixels (plain model) or precomputed features (prior)."""
-        if self.geometry is None:
-            keys = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw")
+        keys = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw")
+        if self.geometry is None or not any(batch.get(k) is not None for k in keys):  # plain model, or text only
             return {k: batch[k] for k in keys if batch.get(k) is not None}
         return {"mm_encoder_outputs": self.encoder_outputs(self.encode_visual(batch))}
 

@@ -26,7 +26,13 @@ from lit3drft.algorithms.dense import (
     token_mean_ratio,
 )
 from lit3drft.algorithms.sft import answer_only_cross_entropy
-from lit3drft.data.perception import NUM_CLASSES, PretrainConfig, box2d_sample, grounding_sample
+from lit3drft.data.perception import (
+    NUM_CLASSES,
+    PretrainConfig,
+    box2d_sample,
+    copy_text_sample,
+    grounding_sample,
+)
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards.grounding import grounding_scores
 
@@ -154,10 +160,24 @@ class PretrainModule(PolicyModule):
         # dense_weight 0: the heads are probes on detached tokens, trained at weight 1
         return c.answer_weight * ce + (c.dense_weight or 1.0) * dense + answer_box + pointer
 
+    def _text_copy_ce(self, step: int, n: int, seed: int) -> Tensor:
+        """Answer cross-entropy of ``n`` text-only copy samples (``copy_text_sample``) of stream ``seed``, the ones
+        of training step ``step`` (every step its own, the same on resume and on every rank)."""
+        start = (step * self.trainer.world_size + self.global_rank) * n
+        samples = [copy_text_sample(seed, start + i) for i in range(n)]
+        b = self.policy.to_device(self.policy.collate(samples, with_answer=True))
+        return answer_only_cross_entropy(self.policy(b).logits, b["labels"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        ce, losses = self._forward(batch, vision_only=self.global_step < self.pretrain_cfg.vision_warmup_steps)
+        c = self.pretrain_cfg
+        vision_only = self.global_step < c.vision_warmup_steps
+        ce, losses = self._forward(batch, vision_only=vision_only)
         loss = self._total(ce, losses)
         n = len(batch["samples"])
+        if c.text_weight > 0 and not vision_only:
+            text = self._text_copy_ce(self.global_step, c.text_batch, c.seed)
+            loss = loss + c.text_weight * text
+            self.log("train/text_copy_ce", text, batch_size=c.text_batch)
         now = time.perf_counter()
         if self._last_step_at is not None:  # seconds per training step (rendering included, validation not)
             self.log("time/step_s", now - self._last_step_at, batch_size=n)
@@ -221,6 +241,11 @@ class PretrainModule(PolicyModule):
         losses = {k: v for k, v in losses.items() if not k.startswith("pointer")}  # detection clips: scored below
         if self.pretrain_cfg.grounding_share > 0:
             row.update(self._grounding_validation(samples, batch))
+        if self.pretrain_cfg.text_weight > 0:  # held-out copy samples (seed + 1): can it read its prompt back?
+            copies = [copy_text_sample(self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i)
+                      for i in range(len(samples))]  # fmt: skip
+            row["copy/answer_ce"] = self._answer_ce(copies, self._labels(copies)).item()
+            row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
         row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
@@ -246,23 +271,34 @@ class PretrainModule(PolicyModule):
             loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
             row = {"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()}
         swap_gap = self._swap_gap(flat)
+        row["grounding/question_swap_gap"] = self._swap_gap(flat, swap="prompt")
         completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
         frame_score, iou, parsed = grounding_scores(completions, [s.target for s in flat])
         return {**row, "grounding/swap_gap": swap_gap, "grounding/acc25": (iou >= 0.25).float().mean().item(),
                 "grounding/miou": iou.mean().item(), "grounding/frame_acc": (frame_score == 1).float().mean().item(),
                 "grounding/parsed": parsed.float().mean().item()}  # fmt: skip
 
-    def _answer_ce(self, samples: list, labels: Tensor, swap: bool = False) -> Tensor:
-        """Answer-only cross-entropy (nats/token) of ``samples``; with ``swap``, each asked on the next sample's
-        frames instead (the image-swap probe: what the answer owes to the pixels)."""
+    def _answer_ce(self, samples: list, labels: Tensor, swap: bool | str = False) -> Tensor:
+        """Answer-only cross-entropy (nats/token) of ``samples``; with ``swap`` (``True`` or ``"frames"``), each asked
+        on the next sample's frames instead (the image-swap probe: what the answer owes to the pixels); ``"prompt"``:
+        under the next sample's prompt (what it owes to the question)."""
         if swap:
-            samples = [replace(s, frames=samples[(i + 1) % len(samples)].frames) for i, s in enumerate(samples)]
-        return answer_only_cross_entropy(self.policy(self.policy.collate(samples, with_answer=True)).logits, labels)
+            key = "prompt" if swap == "prompt" else "frames"
+            samples = [
+                replace(s, **{key: getattr(samples[(i + 1) % len(samples)], key)}) for i, s in enumerate(samples)
+            ]
+        b = self.policy.collate(samples, with_answer=True)
+        labels = self.policy.to_device(b)["labels"] if swap == "prompt" else labels  # same answers, new positions
+        return answer_only_cross_entropy(self.policy(b).logits, labels)
 
-    def _swap_gap(self, samples: list) -> float:
-        """Answer cross-entropy on another sample's frames minus on the sample's own, nats/token."""
-        labels = self.policy.to_device(self.policy.collate(samples, with_answer=True))["labels"]
-        return (self._answer_ce(samples, labels, swap=True) - self._answer_ce(samples, labels)).item()
+    def _labels(self, samples: list) -> Tensor:
+        return self.policy.to_device(self.policy.collate(samples, with_answer=True))["labels"]
+
+    def _swap_gap(self, samples: list, swap: str = "frames") -> float:
+        """Answer cross-entropy on another sample's frames (``swap="prompt"``: prompt) minus on the sample's own,
+        nats/token."""
+        labels = self._labels(samples)
+        return (self._answer_ce(samples, labels, swap=swap) - self._answer_ce(samples, labels)).item()
 
     def on_validation_epoch_end(self) -> None:
         values = {}
