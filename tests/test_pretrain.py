@@ -342,7 +342,7 @@ def test_box2d_questions_train_and_are_scored_at_validation(run_overrides, tmp_p
 def test_copy_text_samples_ask_their_text_back_and_are_deterministic() -> None:
     """``copy_text_sample``: no frames, the ``Text:`` line's text is the whole answer, the same for the same
     ``(seed, i)``, and the stream mixes word lists and referring expressions."""
-    from lit3drft.data.perception import copy_text_sample
+    from lit3drft.data.perception import FILLER, copy_text_sample
     from lit3drft.data.prompts import CATEGORIES
 
     samples = [copy_text_sample(11, i) for i in range(40)]
@@ -357,6 +357,13 @@ def test_copy_text_samples_ask_their_text_back_and_are_deterministic() -> None:
     for s in expressions:
         words = s.target["text"].lower().split()
         assert words[0] == "the" and any(" ".join(words[2:]).startswith(c) for c in CATEGORIES)
+    # text_gap: the benchmark's own sentences between the text and the answer, 0..gap of them, the text unchanged
+    spaced = [copy_text_sample(11, i, gap=4) for i in range(40)]
+    between = [len(s.prompt.split("\n")) - 3 for s in spaced]  # lines: Repeat / Text / fillers / instruction
+    assert min(between) == 0 and max(between) == 4 and len(set(between)) == 5
+    for s, t in zip(spaced, samples):
+        assert s.answer == t.answer and s.prompt.split("\n")[1] == t.prompt.split("\n")[1]
+        assert all(line in FILLER for line in s.prompt.split("\n")[2:-1])
 
 
 def test_a_text_only_batch_is_the_chat_template_without_frames(run_overrides, tmp_path) -> None:

@@ -132,6 +132,10 @@ class PretrainConfig:
     skill. 0: off."""
     text_batch: int = 16
     """Text-only copy sequences per step when ``text_weight`` is above 0."""
+    text_gap: int = 0
+    """Up to this many sentences of the benchmark's own instructions (``FILLER``; uniform in 0..``text_gap`` per
+    sample) between a copy sample's ``Text:`` line and its answer: the grounding question puts ~70 tokens of them
+    there, and a copy learned right after the text does not reach across them (``ground_l1_text``). 0: none."""
     geometry_lr_scale: float = 1.0
     """A further multiplier for the geometry prior (``model.geometry``): its output layer starts at zero and must
     grow to the scale of the visual tokens it is added to (norm ~100 in the embedded base) to be seen at all."""
@@ -140,12 +144,27 @@ class PretrainConfig:
 COPY_PROMPT = "Repeat the text.\nText: {text}"
 """The text-only copy question of ``pretrain.text_weight`` (the ``Text:`` line as in ``P.GROUNDING_PROMPT``)."""
 RELATIONS = ("closest to", "farthest from")
+FILLER = tuple(
+    dict.fromkeys(
+        sentence.strip().rstrip(".") + "."
+        for text in (
+            P.DETECTION_PROMPT,
+            P.GROUNDING_PROMPT.split("{description}")[-1],
+            P.VSI_NA_POST_PROMPT,
+            P.VSI_MCA_POST_PROMPT,
+        )  # fmt: skip
+        for sentence in text.replace("\n", " ").split(". ")
+        if len(sentence.strip()) > 1
+    )
+)
+"""Sentences of the benchmark's prompts that ``pretrain.text_gap`` puts between a copy sample's text and its answer."""
 
 
-def copy_text_sample(seed: int, i: int) -> Sample:
+def copy_text_sample(seed: int, i: int, gap: int = 0) -> Sample:
     """Text-only sample ``i`` of the copy stream ``seed`` (no frames): half a list of 3-12 of the benchmark's words
     (categories, colours, relations), half a referring expression shaped as the benchmark's ("the red chair closest
-    to the white bed"), asked back and answered verbatim (direct answer). Deterministic per ``(seed, i)``."""
+    to the white bed"), asked back and answered verbatim (direct answer); ``gap``: up to that many ``FILLER``
+    sentences after the text. Deterministic per ``(seed, i, gap)``."""
     rng = scene_rng(seed, i)
     cats = list(P.CATEGORIES)
     if rng.random() < 0.5:
@@ -157,8 +176,12 @@ def copy_text_sample(seed: int, i: int) -> Sample:
         colour = [str(rng.choice(P.CATEGORIES[cats[k]].colors)) for k in (t, a)]
         text = f"the {colour[0]} {cats[t]} {RELATIONS[int(rng.integers(2))]} the {colour[1]} {cats[a]}"
     text = text[0].upper() + text[1:]
-    return Sample(id=f"copy{seed}/{i:07d}", task="copy", frames=[], prompt=P.full_prompt(COPY_PROMPT.format(
-        text=text), "da"), answer=P.format_answer(text, "da"), target={"task": "copy", "mode": "da", "text": text})  # fmt: skip
+    prompt = COPY_PROMPT.format(text=text)
+    if gap > 0:
+        filler = rng.choice(len(FILLER), size=int(rng.integers(0, gap + 1)), replace=False)
+        prompt = "\n".join([prompt, *(FILLER[k] for k in sorted(filler.tolist()))])
+    return Sample(id=f"copy{seed}/{i:07d}", task="copy", frames=[], prompt=P.full_prompt(prompt, "da"),
+                  answer=P.format_answer(text, "da"), target={"task": "copy", "mode": "da", "text": text})  # fmt: skip
 
 
 def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
@@ -389,9 +412,10 @@ class PerceptionDataModule(L.LightningDataModule):
             raise ValueError(f"pretrain.grounding_mode={cfg.grounding_mode!r}: must be 'da' or 'ta'")
         if not cfg.geometry_init_ratio >= 0:
             raise ValueError(f"pretrain.geometry_init_ratio={cfg.geometry_init_ratio}: must be >= 0 (0: zero start)")
-        if not (cfg.text_weight >= 0 and cfg.text_batch >= 1):
-            raise ValueError(f"pretrain.text_weight={cfg.text_weight}, pretrain.text_batch={cfg.text_batch}: the weight "
-                             "must be >= 0 (0: off) and the batch at least 1")  # fmt: skip
+        if not (cfg.text_weight >= 0 and cfg.text_batch >= 1 and 0 <= cfg.text_gap <= len(FILLER)):
+            raise ValueError(f"pretrain.text_weight={cfg.text_weight}, pretrain.text_batch={cfg.text_batch}, "
+                             f"pretrain.text_gap={cfg.text_gap}: the weight must be >= 0 (0: off), the batch at least "
+                             f"1 and the gap in 0..{len(FILLER)} sentences")  # fmt: skip
         scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}
         for key, value in scales.items():
             if not value > 0:  # NaN fails too

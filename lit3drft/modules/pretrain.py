@@ -164,7 +164,7 @@ class PretrainModule(PolicyModule):
         """Answer cross-entropy of ``n`` text-only copy samples (``copy_text_sample``) of stream ``seed``, the ones
         of training step ``step`` (every step its own, the same on resume and on every rank)."""
         start = (step * self.trainer.world_size + self.global_rank) * n
-        samples = [copy_text_sample(seed, start + i) for i in range(n)]
+        samples = [copy_text_sample(seed, start + i, self.pretrain_cfg.text_gap) for i in range(n)]
         b = self.policy.to_device(self.policy.collate(samples, with_answer=True))
         return answer_only_cross_entropy(self.policy(b).logits, b["labels"])
 
@@ -242,7 +242,7 @@ class PretrainModule(PolicyModule):
         if self.pretrain_cfg.grounding_share > 0:
             row.update(self._grounding_validation(samples, batch))
         if self.pretrain_cfg.text_weight > 0:  # held-out copy samples (seed + 1): can it read its prompt back?
-            copies = [copy_text_sample(self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i)
+            copies = [copy_text_sample(self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i, self.pretrain_cfg.text_gap)
                       for i in range(len(samples))]  # fmt: skip
             row["copy/answer_ce"] = self._answer_ce(copies, self._labels(copies)).item()
             row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
