@@ -4,7 +4,8 @@
 the next sample's prompt minus under its own, nats/token) of held-out text-only copy samples
 (``copy_text_sample``, stream ``pretrain.seed + 1``) asked (a) alone, (b) after a held-out clip's frames, and (c)
 of the held-out grounding clips, on the referring expression's copy in a ``grounding_think=description`` think
-only (the tokens of the answer before " looks largest"). A policy that copies in (a) but not in (b) is one whose
+only (the tokens of the answer before " looks largest"), and (d) that wording and think with no frames (the copy
+samples' expressions asked as grounding questions). A policy that copies in (a) but not in (b) is one whose
 copying the visual tokens break.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lit3drft.algorithms.sft import answer_only_cross_entropy
+from lit3drft.data import prompts as P
 from lit3drft.data.perception import PerceptionDataset, copy_text_sample, grounding_sample
 from lit3drft.evaluate import resolve_target
 from lit3drft.fit import load_trainable
@@ -71,6 +73,13 @@ def main(argv=None) -> int:
     ):
         rows[name] = [gap(policy, samples[b : b + 8]) for b in range(0, len(samples), 8)]
     asked = [grounding_sample(s, "ta") for s in clips if s.meta.get("grounding")]
+    # the grounding question's wording and think, text only: a copy sample's expression asked as a grounding question
+    worded = [replace(c, prompt=P.full_prompt(P.grounding_question(c.target["text"]), "ta"),
+                      answer=P.format_answer("", "ta", f"{c.target['text']} looks largest in Frame-0."))
+              for c in copies if c.target["text"].startswith("The ")]  # fmt: skip
+    if len(worded) >= 2:
+        rows["grounding wording, text only"] = [gap(policy, worded[b : b + 8], " looks")
+                                                for b in range(0, len(worded) - 1, 8)]  # fmt: skip
     if len(asked) >= 2 and pc.grounding_think == "description":
         rows["grounding think's expression copy"] = [gap(policy, asked[b : b + 8], " looks")
                                                      for b in range(0, len(asked) - 1, 8)]  # fmt: skip

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 PANELS = ["val/miou", "val/detection/f1", "val/label_acc", "val/centre_err", "val/swap_gap", "val/answer_ce",
-          "val/dense/vision_cls_acc", "val/dense/llm_box", "val/box2d/miou", "val/grounding/miou"]  # fmt: skip
+          "val/dense/vision_cls_acc", "val/dense/llm_box", "val/box2d/miou", "val/grounding/miou",
+          "val/grounding/question_swap_gap", "val/copy/question_swap_gap"]  # fmt: skip
 
 
 def run_curves(run_dir: Path, label: str, offset: int = 0) -> pd.DataFrame:

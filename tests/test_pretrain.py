@@ -403,3 +403,32 @@ def test_the_text_copy_loss_trains_and_is_probed_at_validation(run_overrides, tm
         from lit3drft.data.perception import PerceptionDataModule
 
         PerceptionDataModule(replace_model(cfg.pretrain, text_weight=-1.0), cfg.data.synth, 2, 2, lambda b: b)
+
+
+def test_copy_questions_on_clips_keep_the_frames_and_train(run_overrides, tmp_path) -> None:
+    """``pretrain.copy_share``: that share of training clips is asked a copy question after its own frames
+    (labelled as grounding frames), the texts not those of the text-only stream; held-out clips never are; the
+    run trains and logs the held-out framed copies' figures; the shares must sum to at most 1."""
+    from lit3drft.data.perception import PerceptionDataModule, copy_text_sample
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.copy_share=0.5", "pretrain.text_gap=2")
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 24)
+    items = [data[i][0] for i in range(24)]
+    copies = [s for s in items if s.task == "copy"]
+    assert 4 <= len(copies) <= 20
+    texts = {copy_text_sample(cfg.pretrain.seed, i, 2).target["text"] for i in range(64)}
+    for s in copies:
+        assert len(s.frames) == cfg.pretrain.clip_len and s.depth is not None
+        assert s.frame_labels == [f"Frame-{k}: " for k in range(len(s.frames))]
+        assert s.answer == f"<answer>{s.target['text']}</answer>" and f"Text: {s.target['text']}\n" in s.prompt
+    assert not texts & {s.target["text"] for s in copies}
+    held_out = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed + 1, 8, training=False)
+    assert all(held_out[i][0].task == "detection" for i in range(8))
+    run = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.copy_share=0.5", "pretrain.text_gap=2",
+               "pretrain.vision_warmup_steps=0", "trainer.val_every_n_steps=2", "data.batch_size=2")  # fmt: skip
+    payload = fit.fit(run)
+    for key in ("val/copy_frames/answer_ce", "val/copy_frames/question_swap_gap"):
+        assert key in payload["metrics"], key
+    with pytest.raises(ValueError, match="copy_share=0.6"):
+        PerceptionDataModule(replace_model(cfg.pretrain, copy_share=0.6, grounding_share=0.5), cfg.data.synth, 2, 2,
+                             lambda b: b)  # fmt: skip

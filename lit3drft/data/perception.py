@@ -132,6 +132,12 @@ class PretrainConfig:
     skill. 0: off."""
     text_batch: int = 16
     """Text-only copy sequences per step when ``text_weight`` is above 0."""
+    copy_share: float = 0.0
+    """Share of training clips asked a copy question instead: a ``copy_text_sample`` (its own stream, ``text_gap``
+    applies) after the clip's frames, labelled "Frame-i: " as grounding clips are, so that reading the prompt back
+    is learnt with visual tokens in the context (text-only copying does not survive them: ``ground_l1_gap``).
+    Above 0, validation also logs the held-out clips' copy question-swap gap (``val/copy_frames/*``). With the
+    other shares it must sum to at most 1."""
     text_gap: int = 0
     """Up to this many sentences of the benchmark's own instructions (``FILLER``; uniform in 0..``text_gap`` per
     sample) between a copy sample's ``Text:`` line and its answer: the grounding question puts ~70 tokens of them
@@ -182,6 +188,18 @@ def copy_text_sample(seed: int, i: int, gap: int = 0) -> Sample:
         prompt = "\n".join([prompt, *(FILLER[k] for k in sorted(filler.tolist()))])
     return Sample(id=f"copy{seed}/{i:07d}", task="copy", frames=[], prompt=P.full_prompt(prompt, "da"),
                   answer=P.format_answer(text, "da"), target={"task": "copy", "mode": "da", "text": text})  # fmt: skip
+
+
+FRAMED_COPY_OFFSET = 10**9
+"""Index offset of the copy texts asked of clips (``copy_share``): disjoint from the per-step text-only stream."""
+
+
+def framed_copy_sample(sample: Sample, seed: int, i: int, gap: int = 0) -> Sample:
+    """Clip ``i``'s copy question: ``copy_text_sample(seed, FRAMED_COPY_OFFSET + i, gap)`` asked after the clip's
+    frames (labelled "Frame-i: ")."""
+    copy = copy_text_sample(seed, FRAMED_COPY_OFFSET + i, gap)
+    return replace(sample, task="copy", prompt=copy.prompt, answer=copy.answer, target=copy.target, mode="da",
+                   frame_labels=[P.frame_label(k) for k in range(len(sample.frames))])  # fmt: skip
 
 
 def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
@@ -376,6 +394,8 @@ class PerceptionDataset(Dataset):
         )  # fmt: skip
         if c.inventory_share <= u < lo:
             sample = box2d_sample(sample)
+        elif self.training and lo + c.grounding_share <= u < lo + c.grounding_share + c.copy_share:
+            sample = framed_copy_sample(sample, self.seed, i, c.text_gap)
         elif grounding is not None and self.training:
             sample = grounding_sample(sample, c.grounding_mode)
         return sample, dense
@@ -402,7 +422,7 @@ class PerceptionDataModule(L.LightningDataModule):
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
         shares = {"inventory_share": cfg.inventory_share, "box2d_share": cfg.box2d_share,
-                  "grounding_share": cfg.grounding_share}  # fmt: skip
+                  "grounding_share": cfg.grounding_share, "copy_share": cfg.copy_share}  # fmt: skip
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip

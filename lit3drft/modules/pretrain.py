@@ -31,6 +31,7 @@ from lit3drft.data.perception import (
     PretrainConfig,
     box2d_sample,
     copy_text_sample,
+    framed_copy_sample,
     grounding_sample,
 )
 from lit3drft.modules.base import PolicyModule
@@ -246,6 +247,11 @@ class PretrainModule(PolicyModule):
                       for i in range(len(samples))]  # fmt: skip
             row["copy/answer_ce"] = self._answer_ce(copies, self._labels(copies)).item()
             row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
+        if self.pretrain_cfg.copy_share > 0:  # the same, asked after the held-out clips' frames
+            framed = [framed_copy_sample(s, self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i,
+                                         self.pretrain_cfg.text_gap) for i, s in enumerate(samples)]  # fmt: skip
+            row["copy_frames/answer_ce"] = self._answer_ce(framed, self._labels(framed)).item()
+            row["copy_frames/question_swap_gap"] = self._swap_gap(framed, swap="prompt")
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
         row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
