@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from lit3drft import fit
 from lit3drft.config import ConfigError, load_config
+from lit3drft.data import prompts as P
 from lit3drft.data.perception import PerceptionDataset, collate_perception
 from lit3drft.models import build_policy
 from lit3drft.models.config import ModelConfig
@@ -432,3 +433,33 @@ def test_copy_questions_on_clips_keep_the_frames_and_train(run_overrides, tmp_pa
     with pytest.raises(ValueError, match="copy_share=0.6"):
         PerceptionDataModule(replace_model(cfg.pretrain, copy_share=0.6, grounding_share=0.5), cfg.data.synth, 2, 2,
                              lambda b: b)  # fmt: skip
+
+
+def test_category_questions_ask_for_one_category_and_are_probed(run_overrides, tmp_path) -> None:
+    """``pretrain.category_share``: that share of training clips is asked for the boxes of one category of the
+    clip, answered with that category's boxes only (in the usual order); validation logs the category-swap gap."""
+    from lit3drft.data.perception import CATEGORY_PROMPT
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.category_share=0.6")
+    plain = PerceptionDataset(replace_model(cfg.pretrain, category_share=0.0), cfg.data.synth, cfg.pretrain.seed, 16)
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 16)
+    asked = 0
+    for i in range(16):
+        s, full = data[i][0], plain[i][0]
+        assert s.frames[0].tobytes() == full.frames[0].tobytes()
+        if s.prompt == full.prompt:
+            continue
+        asked += 1
+        category = s.target["labels"][0]
+        assert CATEGORY_PROMPT.format(category=category) in s.prompt
+        keep = [k for k, lab in enumerate(full.target["labels"]) if lab == category]
+        assert s.target["labels"] == [category] * len(keep)
+        assert s.target["boxes"] == [full.target["boxes"][k] for k in keep]
+        assert s.answer == P.format_answer(P.detection_answer(s.target["boxes"], s.target["labels"]), "da")
+    assert 3 <= asked <= 14
+    run = _cfg(run_overrides, tmp_path, "stages.0.max_steps=2", "pretrain.category_share=0.5",
+               "pretrain.vision_warmup_steps=0", "trainer.val_every_n_steps=2", "data.batch_size=2",
+               "pretrain.val_samples=8", "pretrain.val_level=3")  # fmt: skip
+    payload = fit.fit(run)
+    for key in ("val/category/answer_ce", "val/category/swap_gap"):
+        assert key in payload["metrics"], key

@@ -138,6 +138,11 @@ class PretrainConfig:
     is learnt with visual tokens in the context (text-only copying does not survive them: ``ground_l1_gap``).
     Above 0, validation also logs the held-out clips' copy question-swap gap (``val/copy_frames/*``). With the
     other shares it must sum to at most 1."""
+    category_share: float = 0.0
+    """Share of training clips asked for the boxes of one category only (``CATEGORY_PROMPT``: the benchmark's
+    detection question naming a category that is in the clip; the answer lists that category's objects): the answer
+    then depends on a word of the question, which no other pretraining question asks (grounding needs exactly
+    that: the question picks the object, the pixels give its box). With the other shares at most 1."""
     text_gap: int = 0
     """Up to this many sentences of the benchmark's own instructions (``FILLER``; uniform in 0..``text_gap`` per
     sample) between a copy sample's ``Text:`` line and its answer: the grounding question puts ~70 tokens of them
@@ -252,6 +257,21 @@ def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, bo
 INVENTORY_PROMPT = "Which objects are in these frames? List each category with its count, in alphabetical order."
 """A short perception question on a detection clip (``pretrain.inventory_share``): its answer depends on the pixels
 only, so it rewards attending to the visual tokens from the first steps."""
+
+
+CATEGORY_PROMPT = P.DETECTION_PROMPT.replace("Detect the 3D bounding boxes in", "Detect the 3D bounding boxes of every "
+                                             "{category} in")  # fmt: skip
+"""The detection question for one category (``pretrain.category_share``)."""
+
+
+def category_sample(sample: Sample, category: str) -> Sample:
+    """``sample`` (a detection clip) asked for the boxes of ``category`` only, in the answer's usual order."""
+    t = sample.target
+    keep = [k for k, lab in enumerate(t["labels"]) if lab == category]
+    boxes, labels = [t["boxes"][k] for k in keep], [t["labels"][k] for k in keep]
+    return replace(sample, prompt=P.full_prompt(CATEGORY_PROMPT.format(category=category), sample.mode),
+                   answer=P.format_answer(P.detection_answer(boxes, labels), sample.mode),
+                   target={**t, "boxes": boxes, "labels": labels})  # fmt: skip
 
 
 def inventory_answer(labels: list[str]) -> str:
@@ -396,6 +416,8 @@ class PerceptionDataset(Dataset):
             sample = box2d_sample(sample)
         elif self.training and lo + c.grounding_share <= u < lo + c.grounding_share + c.copy_share:
             sample = framed_copy_sample(sample, self.seed, i, c.text_gap)
+        elif self.training and labels and 0 <= u - (lo + c.grounding_share + c.copy_share) < c.category_share:
+            sample = category_sample(sample, str(rng.choice(sorted(set(labels)))))
         elif grounding is not None and self.training:
             sample = grounding_sample(sample, c.grounding_mode)
         return sample, dense
@@ -422,7 +444,8 @@ class PerceptionDataModule(L.LightningDataModule):
             raise ValueError(f"pretrain.seed={cfg.seed}: must differ from data.synth.seed={synth.seed} (and from it "
                              "minus 1): pretraining rooms must never be the benchmark's scenes")  # fmt: skip
         shares = {"inventory_share": cfg.inventory_share, "box2d_share": cfg.box2d_share,
-                  "grounding_share": cfg.grounding_share, "copy_share": cfg.copy_share}  # fmt: skip
+                  "grounding_share": cfg.grounding_share, "copy_share": cfg.copy_share,
+                  "category_share": cfg.category_share}  # fmt: skip
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip

@@ -30,6 +30,7 @@ from lit3drft.data.perception import (
     NUM_CLASSES,
     PretrainConfig,
     box2d_sample,
+    category_sample,
     copy_text_sample,
     framed_copy_sample,
     grounding_sample,
@@ -247,6 +248,8 @@ class PretrainModule(PolicyModule):
                       for i in range(len(samples))]  # fmt: skip
             row["copy/answer_ce"] = self._answer_ce(copies, self._labels(copies)).item()
             row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
+        if self.pretrain_cfg.category_share > 0:
+            row.update(self._category_validation(samples))
         if self.pretrain_cfg.copy_share > 0:  # the same, asked after the held-out clips' frames
             framed = [framed_copy_sample(s, self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i,
                                          self.pretrain_cfg.text_gap) for i, s in enumerate(samples)]  # fmt: skip
@@ -258,6 +261,23 @@ class PretrainModule(PolicyModule):
                     **{f"dense/{k}": v.item() for k, v in losses.items()}, **detection_probe(completions, targets)})  # fmt: skip
         for k, v in row.items():
             self._val.setdefault(k, []).append((v, len(samples)))
+
+    def _category_validation(self, samples: list) -> dict[str, float]:
+        """Held-out clips with two categories or more asked for the first one's boxes: answer CE, and the
+        **category-swap gap** (the same answer's CE under the question naming the clip's other category minus under
+        its own; same frames): how much the answer owes to the question's category word."""
+        two = [s for s in samples if len(set(s.target["labels"])) >= 2]
+        if not two:
+            return {}
+        own, other = [], []
+        for s in two:
+            first, second = list(dict.fromkeys(s.target["labels"]))[:2]
+            asked = category_sample(s, first)
+            own.append(asked)
+            other.append(replace(asked, prompt=category_sample(s, second).prompt))
+        ce_own = self._answer_ce(own, self._labels(own))
+        ce_other = self._answer_ce(other, self._labels(other))
+        return {"category/answer_ce": ce_own.item(), "category/swap_gap": (ce_other - ce_own).item()}
 
     def _grounding_validation(self, samples: list, batch: dict[str, Any]) -> dict[str, float]:
         """The held-out clips with a describable object asked the benchmark's grounding question: swap gap,
