@@ -237,7 +237,7 @@ class PretrainModule(PolicyModule):
         row = {}
         if self.pretrain_cfg.box2d_share > 0:  # the same clips asked for the first frame's 2D boxes
             flat = [box2d_sample(s) for s in samples]
-            row["box2d/swap_gap"] = self._swap_gap(flat)
+            row["box2d/swap_gap"] = self._swap_gap(flat)[1]
             out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
             row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
         losses = {k: v for k, v in losses.items() if not k.startswith("pointer")}  # detection clips: scored below
@@ -246,15 +246,13 @@ class PretrainModule(PolicyModule):
         if self.pretrain_cfg.text_weight > 0:  # held-out copy samples (seed + 1): can it read its prompt back?
             copies = [copy_text_sample(self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i, self.pretrain_cfg.text_gap)
                       for i in range(len(samples))]  # fmt: skip
-            row["copy/answer_ce"] = self._answer_ce(copies, self._labels(copies)).item()
-            row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
+            row["copy/answer_ce"], row["copy/question_swap_gap"] = self._swap_gap(copies, swap="prompt")
         if self.pretrain_cfg.category_share > 0:
             row.update(self._category_validation(samples))
         if self.pretrain_cfg.copy_share > 0:  # the same, asked after the held-out clips' frames
             framed = [framed_copy_sample(s, self.pretrain_cfg.seed + 1, batch_idx * len(samples) + i,
                                          self.pretrain_cfg.text_gap) for i, s in enumerate(samples)]  # fmt: skip
-            row["copy_frames/answer_ce"] = self._answer_ce(framed, self._labels(framed)).item()
-            row["copy_frames/question_swap_gap"] = self._swap_gap(framed, swap="prompt")
+            row["copy_frames/answer_ce"], row["copy_frames/question_swap_gap"] = self._swap_gap(framed, swap="prompt")
         self.policy.train(was_training)
         self.val_metrics.update(completions, targets)
         row.update({"answer_ce": ce.item(), "swap_gap": (ce_swap - ce).item(),
@@ -275,8 +273,7 @@ class PretrainModule(PolicyModule):
             asked = category_sample(s, first)
             own.append(asked)
             other.append(replace(asked, prompt=category_sample(s, second).prompt))
-        ce_own = self._answer_ce(own, self._labels(own))
-        ce_other = self._answer_ce(other, self._labels(other))
+        ce_own, ce_other = self._answer_ce(own), self._answer_ce(other)
         return {"category/answer_ce": ce_own.item(), "category/swap_gap": (ce_other - ce_own).item()}
 
     def _grounding_validation(self, samples: list, batch: dict[str, Any]) -> dict[str, float]:
@@ -296,35 +293,33 @@ class PretrainModule(PolicyModule):
             owner = torch.cat([owners[i] for i in asked]).to(self.policy.device)
             loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
             row = {"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()}
-        swap_gap = self._swap_gap(flat)
-        row["grounding/question_swap_gap"] = self._swap_gap(flat, swap="prompt")
+        swap_gap = self._swap_gap(flat)[1]
+        row["grounding/question_swap_gap"] = self._swap_gap(flat, swap="prompt")[1]
         completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
         frame_score, iou, parsed = grounding_scores(completions, [s.target for s in flat])
         return {**row, "grounding/swap_gap": swap_gap, "grounding/acc25": (iou >= 0.25).float().mean().item(),
                 "grounding/miou": iou.mean().item(), "grounding/frame_acc": (frame_score == 1).float().mean().item(),
                 "grounding/parsed": parsed.float().mean().item()}  # fmt: skip
 
-    def _answer_ce(self, samples: list, labels: Tensor, swap: bool | str = False) -> Tensor:
-        """Answer-only cross-entropy (nats/token) of ``samples``; with ``swap`` (``True`` or ``"frames"``), each asked
-        on the next sample's frames instead (the image-swap probe: what the answer owes to the pixels); ``"prompt"``:
-        under the next sample's prompt (what it owes to the question)."""
+    def _answer_ce(self, samples: list, labels: Tensor | None = None, swap: bool | str = False) -> Tensor:
+        """Answer-only cross-entropy (nats/token) of ``samples`` (against ``labels``, default their own); with ``swap``
+        (``True`` or ``"frames"``), each asked on the next sample's frames instead (the image-swap probe: what the
+        answer owes to the pixels); ``"prompt"``: under the next sample's prompt (what it owes to the question)."""
         if swap:
             key = "prompt" if swap == "prompt" else "frames"
             samples = [
                 replace(s, **{key: getattr(samples[(i + 1) % len(samples)], key)}) for i, s in enumerate(samples)
             ]
-        b = self.policy.collate(samples, with_answer=True)
-        labels = self.policy.to_device(b)["labels"] if swap == "prompt" else labels  # same answers, new positions
+        b = self.policy.to_device(self.policy.collate(samples, with_answer=True))
+        labels = b["labels"] if labels is None or swap == "prompt" else labels  # same answers, new positions
         return answer_only_cross_entropy(self.policy(b).logits, labels)
 
-    def _labels(self, samples: list) -> Tensor:
-        return self.policy.to_device(self.policy.collate(samples, with_answer=True))["labels"]
-
-    def _swap_gap(self, samples: list, swap: str = "frames") -> float:
-        """Answer cross-entropy on another sample's frames (``swap="prompt"``: prompt) minus on the sample's own,
-        nats/token."""
-        labels = self._labels(samples)
-        return (self._answer_ce(samples, labels, swap=swap) - self._answer_ce(samples, labels)).item()
+    def _swap_gap(self, samples: list, swap: str = "frames") -> tuple[float, float]:
+        """The answer cross-entropy of ``samples`` and the swap gap: on another sample's frames (``swap="prompt"``:
+        prompt) minus on the sample's own, nats/token."""
+        b = self.policy.to_device(self.policy.collate(samples, with_answer=True))
+        own = answer_only_cross_entropy(self.policy(b).logits, b["labels"])
+        return own.item(), (self._answer_ce(samples, b["labels"], swap=swap) - own).item()
 
     def on_validation_epoch_end(self) -> None:
         values = {}
