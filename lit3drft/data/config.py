@@ -131,6 +131,10 @@ class SourceConfig:
     mode: Literal["", "da", "ta"] = ""
     """Answer mode of this source's rows in training and evaluation alike; empty: `DataConfig.train_mode` and
     `eval_mode`. E.g. `ta` on grounding alone: its think names the target before the box is written."""
+    think: Literal["", "description"] = ""
+    """Think of this source's TA training answers: empty keeps the rows' own; ``description`` (grounding rows) writes
+    the row's referring expression (``metadata.description``) into it instead of the reasoning about which object is
+    meant, as the pretraining's ``pretrain.grounding_think=description`` does (``tasks.grounding_think``)."""
     media_root: str = ""
     """Directory that image paths (VG-LLM) or `<dataset>/<scene_name>.mp4` (VSI-Bench) are relative to;
     empty means `DataConfig.root` (and `<root>/videos` for VSI-Bench)."""

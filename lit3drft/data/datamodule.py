@@ -24,7 +24,7 @@ from lit3drft.data.readers import read_records
 from lit3drft.data.records import BadSampleError, Record, SkipCounter
 from lit3drft.data.sample import TASKS, Sample
 from lit3drft.data.synth import FORMAT_VERSION, generate, rerender_command
-from lit3drft.data.tasks import DATASET
+from lit3drft.data.tasks import DATASET, description_think
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,8 @@ class LitDataModule(L.LightningDataModule):
                 continue
             recs = read_records(path, src.task, src.format, src.name, media_root(cfg, src), src.frames or 16,
                                 cfg.on_bad_sample, self.skipped)  # fmt: skip
+            if src.think:
+                recs = [description_think(r, src.think) for r in recs]
             if split != "train":
                 # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
                 # is scored on the same samples

@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
 from lit3drft.data import prompts as P
 from lit3drft.data.geometry import rect_distance, world_box_to_camera
+from lit3drft.data.records import BadSampleError, Record
 from lit3drft.data.scene import Scene, SceneObject
 
 DATASET = "synth3d"
@@ -134,6 +136,20 @@ def grounding_think(described: str, frame: int, bbox: list[float], description: 
     if description is not None:
         return f"{description[0].upper()}{description[1:]} looks largest in {where}"
     return f"{described} It looks largest in {where}"
+
+
+def description_think(rec: Record, think: str) -> Record:
+    """``rec`` with the think ``SourceConfig.think`` asks for: ``description`` rewrites a grounding row's think with
+    ``grounding_think``'s copied referring expression (``metadata.description``), its answered frame and box depth."""
+    if think != "description":
+        raise ValueError(f"{rec.meta.get('file', rec.id)}: source think {think!r}; valid: '' (the rows' own), description")
+    where = f"{rec.meta.get('file', '?')}: row {rec.id}"
+    if rec.task != "grounding":
+        raise BadSampleError(f"{where}: think=description is for grounding rows, this one is {rec.task}")
+    desc = rec.meta.get("description")
+    if not isinstance(desc, str) or not desc.strip():
+        raise BadSampleError(f"{where}: think=description needs the row's metadata.description (a referring expression)")
+    return replace(rec, think=grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc.strip()))
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:

@@ -12,6 +12,10 @@ merged or not, and 4-bit layers work unchanged) with:
   once per rollout;
 - **stopped rows dropped** (``select``, ``model.compact_decode``): the caller shrinks the batch to the rows still
   decoding once enough have stopped;
+- **direct calls** (``direct_linear``): a projection that is a plain ``nn.Linear``, or a peft LoRA layer over one
+  (adapters disabled or merged, or vanilla unmerged adapters), runs as ``F.linear`` on its own weight tensors, the same ops in the same
+  order as the module's forward, without ``nn.Module`` dispatch and peft's per-call Python; anything else (4-bit
+  layers, DoRA and other LoRA variants, hooks) is called as the module.
 
 The maths is HF's own: its rotary module and ``apply_rotary_pos_emb``, RMSNorms, MLPs and projections; the
 attention of the single query is softmax(q k^T * scaling) v over the unmasked keys with grouped heads folded
@@ -25,7 +29,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 LEAN_ATTENTION = {"Qwen2_5_VLAttention"}
@@ -48,6 +53,46 @@ def supports(hf: Any) -> bool:
     if getattr(cfg, "use_sliding_window", False):
         return False
     return all(type(layer.self_attn).__name__ in LEAN_ATTENTION for layer in lm.layers)
+
+
+def direct_linear(module: nn.Module) -> Any:
+    """A callable equal to ``module(x)`` for a projection: ``F.linear`` on the weights of a plain ``nn.Linear``, or of
+    a peft LoRA ``Linear`` over one (adapters disabled or merged: the base alone, as peft's forward; unmerged: ``+ B(A(x)) * scaling`` per
+    active vanilla adapter, peft's order). Falls back to the module itself for anything else (quantised layers,
+    LoRA variants such as DoRA, dropout in training mode, forward hooks, mixed dtypes)."""
+    if module._forward_hooks or module._forward_pre_hooks:
+        return module
+    if type(module) is nn.Linear:
+        w, b = module.weight, module.bias
+        return lambda x: F.linear(x, w, b)
+    base = getattr(module, "base_layer", None)
+    if type(base) is not nn.Linear or type(module).__module__ != "peft.tuners.lora.layer" or base._forward_hooks:
+        return module
+    w, b = base.weight, base.bias
+    if getattr(module, "disable_adapters", True):  # the base alone (``Policy.merged_adapter`` samples this way)
+        # a merged layer with adapters disabled is unmerged by peft's forward first: keep its semantics
+        return module if module.merged else lambda x: F.linear(x, w, b)
+    if module.merged:
+        return lambda x: F.linear(x, w, b)
+    loras = []
+    for name in module.active_adapters:
+        if name not in module.lora_A.keys():
+            continue
+        a, bb, drop = module.lora_A[name], module.lora_B[name], module.lora_dropout[name]
+        vanilla = name not in getattr(module, "lora_variant", {}) and type(a) is nn.Linear and type(bb) is nn.Linear
+        if not vanilla or a.weight.dtype != w.dtype or (drop.training and not isinstance(drop, nn.Identity)):
+            return module
+        loras.append((a.weight, a.bias, bb.weight, bb.bias, module.scaling[name]))
+    if not loras:
+        return lambda x: F.linear(x, w, b)
+
+    def forward(x: Tensor) -> Tensor:
+        out = F.linear(x, w, b)
+        for wa, ba, wb, bb_, scale in loras:
+            out = out + F.linear(F.linear(x, wa, ba), wb, bb_) * scale
+        return out
+
+    return forward
 
 
 class LeanDecoder:
@@ -84,6 +129,12 @@ class LeanDecoder:
         self.cos, self.sin = lm.rotary_emb(first.new_zeros(1, dtype=lm.embed_tokens.weight.dtype), pos)
         self.scaling = [layer.self_attn.scaling for layer in lm.layers]
         self.head_dim = head_dim
+        self.proj = [
+            {name: direct_linear(getattr(layer.self_attn, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            | {name: direct_linear(getattr(layer.mlp, name)) for name in ("gate_proj", "up_proj", "down_proj")}
+            for layer in lm.layers
+        ]
+        self.head = direct_linear(hf.lm_head)
 
     def select(self, rows: Tensor) -> None:
         """Keep only ``rows`` (indices into the current rows) from now on: cache, key mask and angles shrink."""
@@ -100,18 +151,19 @@ class LeanDecoder:
         cos, sin = self.cos[:, t : t + 1], self.sin[:, t : t + 1]
         mask = self.mask[..., : at + 1]
         for i, layer in enumerate(lm.layers):
-            attn = layer.self_attn
+            proj = self.proj[i]
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            q = proj["q_proj"](h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            k = proj["k_proj"](h).view(n, 1, -1, self.head_dim).transpose(1, 2)
+            v = proj["v_proj"](h).view(n, 1, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.k[i, :, :, at] = k[:, :, 0]
             self.v[i, :, :, at] = v[:, :, 0]
             out = _attend(q, self.k[i, :, :, : at + 1], self.v[i, :, :, : at + 1], mask, self.scaling[i])
-            x = x + attn.o_proj(out.reshape(n, 1, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm_head(lm.norm(x))[:, -1]
+            x = x + proj["o_proj"](out.reshape(n, 1, -1))
+            h = layer.post_attention_layernorm(x)
+            x = x + proj["down_proj"](layer.mlp.act_fn(proj["gate_proj"](h)) * proj["up_proj"](h))
+        return self.head(lm.norm(x))[:, -1]
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:

@@ -361,6 +361,7 @@ def scale_geometry_prior(policy: Any, inputs: dict[str, Tensor], ratio: float) -
     return v, ratio * v
 
 
+@torch.no_grad()
 def standardise_merger(policy: Any, inputs: dict[str, Tensor], threshold: float = 1.0) -> float | None:
     """Fold ``(v - mean) / std`` of the visual tokens of ``inputs`` into the merger's last linear layer when their
     ``token_mean_ratio`` exceeds ``threshold`` (the model stays an ordinary Qwen2.5-VL); returns the ratio then."""

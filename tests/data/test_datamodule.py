@@ -4,6 +4,7 @@ import pytest
 
 from lit3drft.data.config import DataConfig, SynthConfig
 from lit3drft.data.datamodule import LitDataModule
+from lit3drft.data.records import BadSampleError
 from tests.conftest import TINY
 
 
@@ -71,6 +72,40 @@ def test_a_sources_own_mode_wins_in_training_and_evaluation(cfg):
         s for s in (dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))) if s.task == "grounding"
     )
     assert sample.answer.startswith("<think>") and "Frame-" in sample.answer.split("</think>")[0]
+
+
+def test_description_think_copies_the_rows_referring_expression(cfg, tmp_path):
+    """``data.sources[i].think=description``: a grounding TA answer's think starts with the question's own referring
+    expression (as the pretraining's copied-description think), the box and frame unchanged; a row without one fails
+    naming its file."""
+    import json
+
+    from lit3drft.data.tasks import grounding_think
+
+    ground = [replace(src, mode="ta", think="description") for src in cfg.sources if src.task == "grounding"]
+    dm = LitDataModule(replace(cfg, sources=ground))
+    dm.setup("fit")
+    rec, _, _ = dm.datasets["train"].entries[0]
+    desc = rec.meta["description"]
+    assert desc and desc.lower() in rec.prompt.lower()
+    think = rec.think
+    assert think == grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc)
+    assert think.lower().startswith(desc.lower()) and f"Frame-{rec.target['frame']}," in think
+    answer = dm.datasets["train"][0].answer
+    assert answer.startswith(f"<think>{think}</think><answer>")
+    plain = LitDataModule(replace(cfg, sources=[replace(s, think="") for s in ground]))
+    plain.setup("fit")
+    assert plain.datasets["train"].entries[0][0].think != think  # the rows' own reasoning by default
+
+    path = f"{cfg.root}/{ground[0].path.format(split='train')}"
+    rows = [json.loads(line) for line in open(path)][:2]
+    for row in rows:
+        del row["metadata"]["description"]
+    bad = tmp_path / "nodesc.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = replace(ground[0], path=str(bad), split="train")
+    with pytest.raises(BadSampleError, match="nodesc.jsonl.*metadata.description"):
+        LitDataModule(replace(cfg, sources=[src])).setup("fit")
 
 
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):

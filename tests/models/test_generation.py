@@ -261,3 +261,42 @@ def test_dropping_stopped_rows_changes_nothing(make_cfg, samples, perturb_lora, 
         full = policy.sequence_logprobs(a)
     m = a.completion_mask.bool()
     assert (full - a.logprobs)[m].abs().max() < 1e-4
+
+
+def test_direct_linear_equals_the_module_and_falls_back_where_it_cannot():
+    """``decode.direct_linear``: ``F.linear`` on the weights of a plain linear and of a peft LoRA layer (unmerged,
+    adapters disabled, merged) gives the module's output bit for bit and skips the module; a DoRA layer or a layer
+    with a forward hook is returned as the module itself."""
+    from peft import LoraConfig, get_peft_model
+
+    from lit3drft.models.decode import direct_linear
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 1, 16)
+    plain = torch.nn.Linear(16, 12)
+    fn = direct_linear(plain)
+    assert fn is not plain and torch.equal(fn(x), plain(x))
+
+    def lora_layer(**kw):
+        net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(16, 12)), LoraConfig(r=4, target_modules=["0"], **kw))
+        layer = net.base_model.model[0]
+        torch.nn.init.normal_(layer.lora_B["default"].weight)  # a non-zero update
+        return net.eval(), layer
+
+    net, layer = lora_layer()
+    fn = direct_linear(layer)
+    assert fn is not layer and torch.equal(fn(x), layer(x))
+    assert not torch.equal(fn(x), layer.base_layer(x))  # the update is in it
+    with net.disable_adapter():
+        fn = direct_linear(layer)
+        assert fn is not layer and torch.equal(fn(x), layer(x)) and torch.equal(fn(x), layer.base_layer(x))
+    layer.merge()
+    fn = direct_linear(layer)
+    assert fn is not layer and torch.equal(fn(x), layer(x))
+    layer.unmerge()
+
+    _, dora = lora_layer(use_dora=True)
+    assert direct_linear(dora) is dora
+    hooked = torch.nn.Linear(16, 12)
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    assert direct_linear(hooked) is hooked
