@@ -29,7 +29,7 @@ def modules_only(self, *args, **kwargs):
     """``LeanDecoder.__init__`` with every projection called as its module (no direct calls)."""
     original_init(self, *args, **kwargs)
     lm = self.lm
-    self.proj = [{p: getattr(l.self_attn if p in PROJ[:4] else l.mlp, p) for p in PROJ} for l in lm.layers]
+    self.proj = [{p: getattr(layer.self_attn if p in PROJ[:4] else layer.mlp, p) for p in PROJ} for layer in lm.layers]
     self.head = self.lm_head
 
 

@@ -142,13 +142,17 @@ def description_think(rec: Record, think: str) -> Record:
     """``rec`` with the think ``SourceConfig.think`` asks for: ``description`` rewrites a grounding row's think with
     ``grounding_think``'s copied referring expression (``metadata.description``), its answered frame and box depth."""
     if think != "description":
-        raise ValueError(f"{rec.meta.get('file', rec.id)}: source think {think!r}; valid: '' (the rows' own), description")
+        raise ValueError(
+            f"{rec.meta.get('file', rec.id)}: source think {think!r}; valid: '' (the rows' own), description"
+        )
     where = f"{rec.meta.get('file', '?')}: row {rec.id}"
     if rec.task != "grounding":
         raise BadSampleError(f"{where}: think=description is for grounding rows, this one is {rec.task}")
     desc = rec.meta.get("description")
     if not isinstance(desc, str) or not desc.strip():
-        raise BadSampleError(f"{where}: think=description needs the row's metadata.description (a referring expression)")
+        raise BadSampleError(
+            f"{where}: think=description needs the row's metadata.description (a referring expression)"
+        )
     return replace(rec, think=grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc.strip()))
 
 

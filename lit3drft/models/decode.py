@@ -76,7 +76,7 @@ def direct_linear(module: nn.Module) -> Any:
         return lambda x: F.linear(x, w, b)
     loras = []
     for name in module.active_adapters:
-        if name not in module.lora_A.keys():
+        if name not in module.lora_A:
             continue
         a, bb, drop = module.lora_A[name], module.lora_B[name], module.lora_dropout[name]
         vanilla = name not in getattr(module, "lora_variant", {}) and type(a) is nn.Linear and type(bb) is nn.Linear

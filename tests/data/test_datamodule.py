@@ -79,6 +79,7 @@ def test_description_think_copies_the_rows_referring_expression(cfg, tmp_path):
     expression (as the pretraining's copied-description think), the box and frame unchanged; a row without one fails
     naming its file."""
     import json
+    from pathlib import Path
 
     from lit3drft.data.tasks import grounding_think
 
@@ -98,7 +99,7 @@ def test_description_think_copies_the_rows_referring_expression(cfg, tmp_path):
     assert plain.datasets["train"].entries[0][0].think != think  # the rows' own reasoning by default
 
     path = f"{cfg.root}/{ground[0].path.format(split='train')}"
-    rows = [json.loads(line) for line in open(path)][:2]
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()][:2]
     for row in rows:
         del row["metadata"]["description"]
     bad = tmp_path / "nodesc.jsonl"
