@@ -179,8 +179,8 @@ class LitDataModule(L.LightningDataModule):
                 continue
             recs = read_records(path, src.task, src.format, src.name, media_root(cfg, src), src.frames or 16,
                                 cfg.on_bad_sample, self.skipped)  # fmt: skip
-            if src.think:
-                recs = [description_think(r, src.think) for r in recs]
+            if src.think == "description":
+                recs = [description_think(r) for r in recs]
             if split != "train":
                 # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
                 # is scored on the same samples

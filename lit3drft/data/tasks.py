@@ -138,13 +138,9 @@ def grounding_think(described: str, frame: int, bbox: list[float], description: 
     return f"{described} It looks largest in {where}"
 
 
-def description_think(rec: Record, think: str) -> Record:
-    """``rec`` with the think ``SourceConfig.think`` asks for: ``description`` rewrites a grounding row's think with
-    ``grounding_think``'s copied referring expression (``metadata.description``), its answered frame and box depth."""
-    if think != "description":
-        raise ValueError(
-            f"{rec.meta.get('file', rec.id)}: source think {think!r}; valid: '' (the rows' own), description"
-        )
+def description_think(rec: Record) -> Record:
+    """``rec`` with ``SourceConfig.think=description``: a grounding row's think rewritten as ``grounding_think``'s
+    copied referring expression (``metadata.description``), its answered frame and box depth."""
     where = f"{rec.meta.get('file', '?')}: row {rec.id}"
     if rec.task != "grounding":
         raise BadSampleError(f"{where}: think=description is for grounding rows, this one is {rec.task}")

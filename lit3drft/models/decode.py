@@ -65,8 +65,10 @@ def direct_linear(module: nn.Module) -> Any:
     if type(module) is nn.Linear:
         w, b = module.weight, module.bias
         return lambda x: F.linear(x, w, b)
+    from peft.tuners.lora import Linear as LoraLinear
+
     base = getattr(module, "base_layer", None)
-    if type(base) is not nn.Linear or type(module).__module__ != "peft.tuners.lora.layer" or base._forward_hooks:
+    if type(module) is not LoraLinear or type(base) is not nn.Linear or base._forward_hooks:
         return module
     w, b = base.weight, base.bias
     if getattr(module, "disable_adapters", True):  # the base alone (``Policy.merged_adapter`` samples this way)
