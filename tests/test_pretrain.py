@@ -276,6 +276,65 @@ def test_the_pointer_loss_is_the_softmax_mass_on_the_referred_objects_tokens(run
     assert plain["pointer"] == 0 and torch.isnan(plain["pointer_acc"])
 
 
+def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_objects_tokens(run_overrides, tmp_path) -> None:
+    """``pretrain.attend_weight``: at every answer position that writes a digit, minus the log of the supervised head's
+    attention mass on the tokens the referred object owns in the answered frame, where the attention is the one
+    transformers' eager implementation returns (``output_attentions``); its gradient reaches that layer's query
+    projection; another frame gives another loss; detection clips contribute nothing; a bad layer names the key."""
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.attend_weight=1.0", "pretrain.grounding_share=1.0",
+               "pretrain.attend_layer=-2", "pretrain.attend_head=1")  # fmt: skip
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 16)
+    items = [data[i] for i in range(16)]
+    item = next(x for x in items if x[0].task == "grounding" and (x[1]["owner"] == x[0].meta["grounding"]["object"]).any())
+    sample, dense = item
+    g = sample.meta["grounding"]
+    batch = collate_perception([item], policy)
+    ce, losses = module._forward(batch)
+    assert torch.isfinite(losses["attend"]) and losses["attend"] > 0 and 0 < losses["attend_mass"] < 1
+    # transformers' own attention weights (eager), layer -2, head 1
+    b = policy.to_device(batch["inputs"])
+    policy.hf_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                              position_ids=policy.positions(b["input_ids"], b["mm_token_type_ids"],
+                                                            b["attention_mask"], b)[0],
+                              use_cache=False, output_attentions=True,
+                              mm_encoder_outputs=policy.encoder_outputs(policy.encode_visual(b)))  # fmt: skip
+    policy.hf_model.set_attn_implementation("sdpa")
+    probs = out.attentions[-2][0, 1]  # (L, L)
+    tok = policy.tokenizer
+    labels = b["labels"][0]
+    cols = [j - 1 for j in range(len(labels)) if labels[j] != -100 and any(c.isdigit() for c in tok.decode([int(labels[j])]))]
+    img = torch.nonzero(b["input_ids"][0] == module.image_token_id).flatten()
+    per_frame = len(img) // len(sample.frames)
+    own = [int(img[t]) for t in range(len(img)) if dense["owner"][t] == g["object"] and t // per_frame == g["frame"]]
+    assert own and cols
+    mass = probs[cols][:, own].sum(-1)
+    assert torch.allclose(losses["attend"].detach(), -mass.log().mean(), atol=1e-4)
+    assert torch.allclose(losses["attend_mass"], mass.mean(), atol=1e-5)
+    frame = g["frame"]
+    g["frame"] = next(f for f in range(len(sample.frames)) if f != frame
+                      and any(dense["owner"][t] == g["object"] and t // per_frame == f for t in range(len(img))))  # fmt: skip
+    with torch.no_grad():
+        assert not torch.allclose(module._forward(batch)[1]["attend"], losses["attend"].detach())
+    g["frame"] = frame
+    module._total(ce * 0, {**losses, **{k: v * 0 for k, v in losses.items() if k != "attend"}}).backward()
+    layers = [n for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    n = len(out.attentions)
+    assert any(f"layers.{n - 2}.self_attn.q_proj" in name for name in layers)
+    assert not any(f"layers.{n - 1}." in name for name in layers)  # above the supervised layer: no gradient
+    detection = next(x for x in items if x[0].task == "detection")
+    _, plain = module._forward(collate_perception([detection], policy))
+    assert plain["attend"] == 0 and torch.isnan(plain["attend_mass"])
+    bad = _cfg(run_overrides, tmp_path, "pretrain.attend_weight=1.0", "pretrain.attend_layer=9")
+    with pytest.raises(ValueError, match="pretrain.attend_layer=9"):
+        PretrainModule(pretrain_cfg=bad.pretrain, policy=policy, stage=bad.stages[0], reward_cfg=bad.reward,
+                       eval_cfg=bad.eval, detection_classes=[])  # fmt: skip
+
+
 def test_grounding_clips_in_ta_mode_name_their_target_before_the_box(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_mode=ta``: a grounding clip's answer is the benchmark's grounding think (the target's
     colour and category, the frame it looks largest in) then the same answer as in DA mode, which still scores IoU 1;

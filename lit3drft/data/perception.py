@@ -114,6 +114,17 @@ class PretrainConfig:
     the dense targets). A direct gradient for binding the referring expression to the pixels, which the answer's
     digits give only through the box. Logged as ``dense/pointer`` and ``dense/pointer_acc`` (the argmax token is
     the object's). 0: off (no head)."""
+    attend_weight: float = 0.0
+    """Weight of an attention-supervision loss on grounding clips: one head of the language model itself
+    (``attend_layer``, ``attend_head``) is asked, at every answer position that writes a digit (the think's frame
+    and depth, the answer's frame and box), to put its softmax mass on the visual tokens the referred object owns in
+    the answered frame (``-log`` of that mass, averaged). Unlike ``pointer_weight``'s separate head, this trains the
+    head the answer is written through: the box's digits read the object's own tokens (which the dense losses fill
+    with its depth and box) instead of a template. Logged as ``dense/attend`` and ``dense/attend_mass``. 0: off."""
+    attend_layer: int = -2
+    """The language-model layer of ``attend_weight``'s head (Python index: -2 is the last but one)."""
+    attend_head: int = 0
+    """The query head of ``attend_layer`` that ``attend_weight`` supervises."""
     vision_warmup_steps: int = 0
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
@@ -459,6 +470,8 @@ class PerceptionDataModule(L.LightningDataModule):
             raise ValueError(f"pretrain.text_weight={cfg.text_weight}, pretrain.text_batch={cfg.text_batch}, "
                              f"pretrain.text_gap={cfg.text_gap}: the weight must be >= 0 (0: off), the batch at least "
                              f"1 and the gap in 0..{len(FILLER)} sentences")  # fmt: skip
+        if not cfg.attend_weight >= 0:
+            raise ValueError(f"pretrain.attend_weight={cfg.attend_weight}: must be >= 0 (0: off)")
         scales = {"vision_lr_scale": cfg.vision_lr_scale, "geometry_lr_scale": cfg.geometry_lr_scale}
         for key, value in scales.items():
             if not value > 0:  # NaN fails too

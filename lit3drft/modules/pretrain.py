@@ -9,12 +9,15 @@ F1 and the **image-swap gap** (answer cross-entropy with the next sample's frame
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half
 
 from lit3drft.algorithms.dense import (
     BOX_SCALE,
@@ -35,6 +38,7 @@ from lit3drft.data.perception import (
     framed_copy_sample,
     grounding_sample,
 )
+from lit3drft.models.decode import language_model
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards.grounding import grounding_scores
 
@@ -62,6 +66,9 @@ class PretrainModule(PolicyModule):
                 torch.nn.LayerNorm(width), torch.nn.Linear(width, POINTER_DIM)
             )
         self.image_token_id = self.policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self._digit_ids: Tensor | None = None  # token ids whose text holds a digit (attend_weight's positions)
+        if pretrain_cfg.attend_weight > 0:
+            self._attend_module()  # a bad layer or head fails here, naming the key
         self._val: dict[str, list[tuple[float, int]]] = {}
         self.last_val: dict[str, float] = {}
         self._last_step_at: float | None = None
@@ -86,7 +93,11 @@ class PretrainModule(PolicyModule):
             return vis.new_zeros(()), losses
         answer_box = self.pretrain_cfg.answer_box_weight > 0
         pointer = self.pretrain_cfg.pointer_weight > 0
-        out = self._language_model(b, feats, hidden=self.pretrain_cfg.dense_on_llm or answer_box or pointer)
+        captured: dict[str, Any] = {}
+        with self._capture_attention(captured):
+            out = self._language_model(b, feats, hidden=self.pretrain_cfg.dense_on_llm or answer_box or pointer)
+        if captured:
+            losses["attend"], losses["attend_mass"] = self._attend_loss(captured, b, batch["samples"], d["owner"])
         ce = answer_only_cross_entropy(out.logits, b["labels"])
         if answer_box:
             losses["answer_box"] = self._answer_box_loss(out.hidden_states[-1], b["labels"], batch["targets"])
@@ -152,15 +163,100 @@ class PretrainModule(PolicyModule):
             return hidden.sum() * 0.0, hidden.new_tensor(float("nan"))
         return torch.stack(losses).mean(), torch.stack(hits).mean()
 
+    # ------------------------------------------------------------------ attention supervision (attend_weight)
+    def _attend_module(self) -> torch.nn.Module:
+        """The attention module of ``pretrain.attend_layer``; a layer or head out of range fails naming the key."""
+        c = self.pretrain_cfg
+        layers = language_model(self.policy.hf_model).layers
+        if not -len(layers) <= c.attend_layer < len(layers):
+            raise ValueError(f"pretrain.attend_layer={c.attend_layer}: the language model has {len(layers)} layers")
+        attn = layers[c.attend_layer].self_attn
+        if not 0 <= c.attend_head < attn.config.num_attention_heads:
+            raise ValueError(f"pretrain.attend_head={c.attend_head}: the layer has "
+                             f"{attn.config.num_attention_heads} query heads")  # fmt: skip
+        return attn
+
+    @contextlib.contextmanager
+    def _capture_attention(self, captured: dict[str, Any]) -> Iterator[None]:
+        """With ``pretrain.attend_weight``, record the input (hidden states, rotary cos/sin) of the supervised layer's
+        attention during the forward inside (``captured``: ``hidden``, ``cos``, ``sin``); otherwise nothing."""
+        if self.pretrain_cfg.attend_weight <= 0:
+            yield
+            return
+
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            captured["cos"], captured["sin"] = kwargs["position_embeddings"]
+
+        handle = self._attend_module().register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _attend_probs(self, captured: dict[str, Any], r: int, queries: Tensor, valid: Tensor) -> Tensor:
+        """Log-softmax attention of the supervised head, row ``r``, from positions ``queries`` over every position
+        (the layer's own projections and rotary embedding, causal, ``valid`` keys only): ``(len(queries), L)``."""
+        attn, h = self._attend_module(), self.pretrain_cfg.attend_head
+        hd, groups = attn.head_dim, attn.num_key_value_groups
+        x, cos, sin = captured["hidden"][r], captured["cos"][r], captured["sin"][r]  # (L, D), (L, hd)
+        q = torch.nn.functional.linear(x[queries], attn.q_proj.weight[h * hd:(h + 1) * hd],
+                                       attn.q_proj.bias[h * hd:(h + 1) * hd])  # fmt: skip
+        kv = h // groups
+        k = torch.nn.functional.linear(x, attn.k_proj.weight[kv * hd:(kv + 1) * hd],
+                                       attn.k_proj.bias[kv * hd:(kv + 1) * hd])  # fmt: skip
+        q = q * cos[queries] + rotate_half(q) * sin[queries]
+        k = k * cos + rotate_half(k) * sin
+        scores = (q @ k.T).float() * attn.scaling
+        pos = torch.arange(len(x), device=x.device)
+        allowed = (pos[None, :] <= queries[:, None]) & valid[None, :]
+        return torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+
+    def _attend_loss(self, captured: dict[str, Any], b: dict[str, Tensor], samples: list, owner: Tensor
+                     ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``pretrain.attend_weight``'s loss and mean attention mass over the batch's grounding clips whose referred
+        object owns a visual token in the answered frame: at each answer position that writes a digit, ``-log`` of
+        the supervised head's mass on those tokens (loss 0 and mass NaN when there is none)."""
+        if self._digit_ids is None:
+            tok = self.policy.tokenizer
+            digits = [i for i in range(len(tok)) if any(ch.isdigit() for ch in tok.decode([i]))]
+            self._digit_ids = torch.tensor(digits, dtype=torch.long)
+        is_img = b["input_ids"] == self.image_token_id
+        per_sample = torch.split(owner, is_img.sum(1).tolist())
+        losses, masses = [], []
+        for r, s in enumerate(samples):
+            g = (s.meta or {}).get("grounding")
+            if s.task != "grounding" or g is None:
+                continue
+            tokens = per_sample[r]
+            per_frame = len(tokens) // max(len(s.frames), 1)
+            frame_of = torch.arange(len(tokens), device=tokens.device) // max(per_frame, 1)
+            mask = (tokens == int(g["object"])) & (frame_of == int(g["frame"]))
+            labels = b["labels"][r]
+            writes = (labels != -100) & torch.isin(labels, self._digit_ids.to(labels.device))
+            cols = torch.nonzero(writes).flatten() - 1  # the states that predict those tokens
+            if not mask.any() or len(cols) == 0:
+                continue
+            logp = self._attend_probs(captured, r, cols, b["attention_mask"][r].bool())
+            target = torch.nonzero(is_img[r]).flatten()[mask]
+            per_pos = torch.logsumexp(logp[:, target], -1)  # log of the mass on the object's tokens
+            losses.append(-per_pos.mean())
+            masses.append(per_pos.exp().mean())
+        if not losses:
+            return captured["hidden"].sum() * 0.0, captured["hidden"].new_tensor(float("nan"))
+        return torch.stack(losses).mean(), torch.stack(masses).mean().detach()
+
     def _total(self, ce: Tensor, losses: dict[str, Tensor]) -> Tensor:
         c = self.pretrain_cfg
         center = losses["vision_center"] * (c.center_weight if c.dense_weight else 0.0)
-        extra = ("answer_box", "pointer")  # weighted on their own
-        dense = center + sum(v for k, v in losses.items() if not k.endswith(("_acc", "_center")) and k not in extra)
+        extra = ("answer_box", "pointer", "attend")  # weighted on their own
+        dense = center + sum(v for k, v in losses.items()
+                             if not k.endswith(("_acc", "_center", "_mass")) and k not in extra)  # fmt: skip
         answer_box = c.answer_box_weight * losses["answer_box"] if "answer_box" in losses else 0.0
         pointer = c.pointer_weight * losses["pointer"] if "pointer" in losses else 0.0
+        attend = c.attend_weight * losses["attend"] if "attend" in losses else 0.0
         # dense_weight 0: the heads are probes on detached tokens, trained at weight 1
-        return c.answer_weight * ce + (c.dense_weight or 1.0) * dense + answer_box + pointer
+        return c.answer_weight * ce + (c.dense_weight or 1.0) * dense + answer_box + pointer + attend
 
     def _text_copy_ce(self, step: int, n: int, seed: int) -> Tensor:
         """Answer cross-entropy of ``n`` text-only copy samples (``copy_text_sample``) of stream ``seed``, the ones
@@ -240,7 +336,7 @@ class PretrainModule(PolicyModule):
             row["box2d/swap_gap"] = self._swap_gap(flat)[1]
             out2 = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
             row.update({f"box2d/{k}": v for k, v in box2d_probe(out2, [s.target for s in flat]).items()})
-        losses = {k: v for k, v in losses.items() if not k.startswith("pointer")}  # detection clips: scored below
+        losses = {k: v for k, v in losses.items() if not k.startswith(("pointer", "attend"))}  # scored below
         if self.pretrain_cfg.grounding_share > 0:
             row.update(self._grounding_validation(samples, batch))
         if self.pretrain_cfg.text_weight > 0:  # held-out copy samples (seed + 1): can it read its prompt back?
@@ -285,14 +381,20 @@ class PretrainModule(PolicyModule):
         if len(flat) < 2:  # a swap needs another clip
             return {}
         row = {}
-        if self.pretrain_cfg.pointer_weight > 0:
+        if self.pretrain_cfg.pointer_weight > 0 or self.pretrain_cfg.attend_weight > 0:
             counts = (batch["inputs"]["input_ids"] == self.image_token_id).sum(1).tolist()
             owners = torch.split(batch["dense"]["owner"], counts)
             b = self.policy.to_device(self.policy.collate(flat, with_answer=True))
-            out = self._language_model(b, self.policy.encode_visual(b), hidden=True)
+            captured: dict[str, Any] = {}
+            with self._capture_attention(captured):
+                out = self._language_model(b, self.policy.encode_visual(b), hidden=True)
             owner = torch.cat([owners[i] for i in asked]).to(self.policy.device)
-            loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
-            row = {"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()}
+            if self.pretrain_cfg.pointer_weight > 0:
+                loss, acc = self._pointer_loss(out.hidden_states[-1], b, flat, owner)
+                row.update({"grounding/pointer": loss.item(), "grounding/pointer_acc": acc.item()})
+            if captured:
+                loss, mass = self._attend_loss(captured, b, flat, owner)
+                row.update({"grounding/attend": loss.item(), "grounding/attend_mass": mass.item()})
         swap_gap = self._swap_gap(flat)[1]
         row["grounding/question_swap_gap"] = self._swap_gap(flat, swap="prompt")[1]
         completions = self.policy.generate(flat, max_new_tokens=self.eval_cfg.max_new_tokens)
