@@ -276,7 +276,9 @@ def test_the_pointer_loss_is_the_softmax_mass_on_the_referred_objects_tokens(run
     assert plain["pointer"] == 0 and torch.isnan(plain["pointer_acc"])
 
 
-def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_objects_tokens(run_overrides, tmp_path) -> None:
+def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_objects_tokens(
+    run_overrides, tmp_path
+) -> None:
     """``pretrain.attend_weight``: at every answer position that writes a digit, minus the log of the supervised head's
     attention mass on the tokens the referred object owns in the answered frame, where the attention is the one
     transformers' eager implementation returns (``output_attentions``); its gradient reaches that layer's query
@@ -288,7 +290,9 @@ def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_obje
                             eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
     data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 16)
     items = [data[i] for i in range(16)]
-    item = next(x for x in items if x[0].task == "grounding" and (x[1]["owner"] == x[0].meta["grounding"]["object"]).any())
+    item = next(
+        x for x in items if x[0].task == "grounding" and (x[1]["owner"] == x[0].meta["grounding"]["object"]).any()
+    )
     sample, dense = item
     g = sample.meta["grounding"]
     batch = collate_perception([item], policy)
@@ -307,7 +311,11 @@ def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_obje
     probs = out.attentions[-2][0, 1]  # (L, L)
     tok = policy.tokenizer
     labels = b["labels"][0]
-    cols = [j - 1 for j in range(len(labels)) if labels[j] != -100 and any(c.isdigit() for c in tok.decode([int(labels[j])]))]
+    cols = [
+        j - 1
+        for j in range(len(labels))
+        if labels[j] != -100 and any(c.isdigit() for c in tok.decode([int(labels[j])]))
+    ]
     img = torch.nonzero(b["input_ids"][0] == module.image_token_id).flatten()
     per_frame = len(img) // len(sample.frames)
     own = [int(img[t]) for t in range(len(img)) if dense["owner"][t] == g["object"] and t // per_frame == g["frame"]]
