@@ -208,6 +208,45 @@ def test_the_answer_box_loss_reads_the_state_that_writes_each_box(run_overrides,
     assert "answer" not in plain.heads and "answer_box" not in plain._forward(batch)[1]
 
 
+def test_answer_box_at_first_reads_each_box_before_any_of_its_numbers(run_overrides, tmp_path) -> None:
+    """``pretrain.answer_box_at=first``: the answer-box loss is the head's L1 at the state that writes each box's
+    first number only (recomputed here from the model's last hidden states), not at the later ones; a bad value
+    names the key."""
+    from lit3drft.algorithms.dense import BOX_SCALE, answer_box_positions
+    from lit3drft.data.perception import PerceptionDataModule
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.answer_box_weight=1.0", "pretrain.answer_box_at=first")
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 16)
+    item = next(x for x in (data[i] for i in range(16)) if len(x[0].target.get("boxes") or []) >= 2)
+    batch = collate_perception([item], policy)
+    with torch.no_grad():
+        _, losses = module._forward(batch)
+        b = policy.to_device(batch["inputs"])
+        hidden = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                 position_ids=policy.positions(b["input_ids"], b["mm_token_type_ids"],
+                                                               b["attention_mask"], b)[0],
+                                 use_cache=False, output_hidden_states=True,
+                                 mm_encoder_outputs=policy.encoder_outputs(policy.encode_visual(b))).hidden_states[-1][0]  # fmt: skip
+    labels = b["labels"][0].tolist()
+    where = [j for j, t in enumerate(labels) if t != -100]
+    boxes = batch["targets"][0]["boxes"]
+    pairs = answer_box_positions([policy.tokenizer.decode([labels[j]]) for j in where], len(boxes))
+    first = {}
+    for i, k in pairs:
+        first.setdefault(k, i)
+    assert len(first) == len(boxes) and len(pairs) > len(first)
+    cols = [where[i] - 1 for i in first.values()]
+    pred = module.heads["answer"](hidden[cols])
+    truth = torch.tensor([boxes[k][:6] for k in first], dtype=pred.dtype)
+    expected = ((pred - truth) / BOX_SCALE).abs().mean()
+    assert torch.allclose(losses["answer_box"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="pretrain.answer_box_at='last'"):
+        PerceptionDataModule(replace_model(cfg.pretrain, answer_box_at="last"), cfg.data.synth, 2, 2, lambda x: x)
+
+
 def test_the_answer_box_loss_supervises_a_grounding_answer_with_its_frames_box(run_overrides, tmp_path) -> None:
     """A grounding answer's box numbers are supervised with its target box (in the answered frame's camera), so
     the head's loss changes when only that box changes."""

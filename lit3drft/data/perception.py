@@ -83,6 +83,10 @@ class PretrainConfig:
     the answer is writing, read by a linear head off the language model's last hidden state at each of those
     positions (the state that emits the next digit): a gradient from the answer straight to where the object is.
     0: off (no head)."""
+    answer_box_at: Literal["all", "first"] = "all"
+    """Where ``answer_box_weight``'s loss reads the box: ``all`` the positions that write its numbers, or ``first``
+    only the state that writes each box's first number, before any of them is in the text (later positions can
+    copy what is already written, which carries the box without looking at the frames)."""
     inventory_share: float = 0.0
     """Share of training clips asked for an inventory (categories and counts, a short answer) instead of boxes."""
     box2d_share: float = 0.0
@@ -462,6 +466,8 @@ class PerceptionDataModule(L.LightningDataModule):
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
         if cfg.grounding_think not in ("benchmark", "description"):
             raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark' or 'description'")
+        if cfg.answer_box_at not in ("all", "first"):
+            raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
         if cfg.grounding_mode not in ("da", "ta"):
             raise ValueError(f"pretrain.grounding_mode={cfg.grounding_mode!r}: must be 'da' or 'ta'")
         if not cfg.geometry_init_ratio >= 0:

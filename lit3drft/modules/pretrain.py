@@ -122,13 +122,17 @@ class PretrainModule(PolicyModule):
 
     def _answer_box_loss(self, hidden: Tensor, labels: Tensor, targets: list[dict]) -> Tensor:
         """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens
-        (a detection answer's boxes in the first camera; a grounding answer's box in its answered frame's camera)."""
+        (``answer_box_at=first``: before its first one only; a detection answer's boxes in the first camera; a
+        grounding answer's box in its answered frame's camera)."""
         tok = self.policy.tokenizer
         rows, cols, boxes = [], [], []
         for r, (row, target) in enumerate(zip(labels.tolist(), targets)):
             where = [j for j, t in enumerate(row) if t != -100]
             gt = target.get("boxes") or ([target["bbox_3d"]] if target.get("task") == "grounding" else [])
-            for i, k in answer_box_positions([tok.decode([row[j]]) for j in where], len(gt)):
+            pairs = answer_box_positions([tok.decode([row[j]]) for j in where], len(gt))
+            if self.pretrain_cfg.answer_box_at == "first":  # each box's first number only
+                pairs = [(i, k) for n, (i, k) in enumerate(pairs) if n == 0 or pairs[n - 1][1] != k]
+            for i, k in pairs:
                 rows.append(r)
                 cols.append(where[i] - 1)  # the state that predicts answer token where[i]
                 boxes.append(gt[k][:6])
