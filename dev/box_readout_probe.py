@@ -78,7 +78,9 @@ def main(argv=None) -> int:
         img = torch.nonzero(b["input_ids"][0] == image_id).flatten()
         per_frame = len(img) // len(flat.frames)
         owner = dense["owner"]
-        own = [int(img[t]) for t in range(len(img)) if owner[t] == int(g["object"]) and t // per_frame == int(g["frame"])]
+        own = [
+            int(img[t]) for t in range(len(img)) if owner[t] == int(g["object"]) and t // per_frame == int(g["frame"])
+        ]
         labels = b["labels"][0]
         text = [tok.decode([int(t)]) if t != -100 else "" for t in labels.tolist()]
         start = "".join(text).find('"bbox_3d"')  # the answer's box, not the think's depth
