@@ -64,11 +64,14 @@ def test_grid_runs_once_per_point_and_feeds_the_notebook(run_overrides, tmp_path
 
     nb = nbformat.read(ROOT / "notebooks" / "ablations.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    nested = results / "at_scale" / "smoke_grid"  # a grid kept under a folder of its scale is found too
+    shutil.copytree(results / "smoke_grid", nested)
     for runs_dir in (runs, tmp_path / "no_runs"):  # curves from the runs' event files, then from curves.csv
-        (results / "smoke_grid" / "curves.png").unlink(missing_ok=True)
+        for folder in (results / "smoke_grid", nested):
+            (folder / "curves.png").unlink(missing_ok=True)
         text = _execute(nb, tmp_path, {"LIT3DRFT_RESULTS": str(results), "LIT3DRFT_RUNS": str(runs_dir)})
-        assert (results / "smoke_grid" / "curves.png").exists(), text
-        assert "sign-test p" in text and "train/entropy" in text
+        assert (results / "smoke_grid" / "curves.png").exists() and (nested / "curves.png").exists(), text
+        assert "sign-test p" in text and "train/entropy" in text and "## at_scale/smoke_grid" in text
     assert "curves from " + str(results / "smoke_grid" / "curves.csv") in text
     assert (results / "smoke_grid" / "summary.png").exists()
     assert isinstance(pd.read_csv(results / "smoke_grid" / "table.csv"), pd.DataFrame)
