@@ -347,6 +347,7 @@ def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     start = time.time()
+    commit = git_commit()  # the code the run starts with: a commit made while it trains must not be credited
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     policy = build_policy(cfg.model)
     if cfg.init_from:
@@ -357,7 +358,7 @@ def _fit_locked(cfg: RunConfig, run_dir: Path, resume: bool, force: bool, leader
     payload = {
         "metrics": metrics,
         "wall_time_s": round(time.time() - start, 1),
-        "commit": git_commit(),
+        "commit": commit,
         "device": device_description(),
         "experiment": cfg.experiment,
         "run_name": cfg.run_name or "run",

@@ -20,9 +20,12 @@ def _cfg(run_overrides: list[str], tmp_path: Path, *extra: str):
     return load_config(ROOT / "experiments" / "sft_tiny.yaml", [*run_overrides, f"output_dir={tmp_path}", *extra])
 
 
-def test_five_step_sft_writes_the_run_directory(run_overrides, tmp_path) -> None:
+def test_five_step_sft_writes_the_run_directory(run_overrides, tmp_path, monkeypatch) -> None:
     cfg = _cfg(run_overrides, tmp_path, "stages=[{kind: sft, max_steps: 5, lr: 1.0e-3}]")
+    stages = tmp_path / "sft_tiny" / "run" / "stages"  # a commit lands once training has begun: not the run's code
+    monkeypatch.setattr(fit, "git_commit", lambda: "def5678" if stages.exists() else "abc1234")
     payload = fit.fit(cfg)
+    assert payload["commit"] == "abc1234"
     run = tmp_path / "sft_tiny" / "run"
     for name in ("config.yaml", "metrics.json", "predictions.jsonl", "stages/0-sft/trainable.pt"):
         assert (run / name).exists(), name
