@@ -9,6 +9,9 @@ the grounding question, teacher-forced with the target answer; per clip, from ev
   think before it does state the depth), at the input of layer L (``L = n_layers``: the last hidden state, what the
   LM head reads);
 
+- ``valueK@L``: the mean over the object's tokens of what key/value head K of layer L passes on (its value
+  projection of the layer's normalised input): whether an attention head that looks there *can* carry the box;
+
 and fits ridge regressions (closed form, on half the clips, scored on the other half) from each to the target box
 (centre and size in the answered frame's camera, 6 numbers), reporting R² per number (x, y, z, then the sizes) and
 representation; ``category`` (a
@@ -29,6 +32,7 @@ from lit3drft.data.perception import PerceptionDataset, grounding_sample
 from lit3drft.evaluate import resolve_target
 from lit3drft.fit import load_trainable
 from lit3drft.models import build_policy
+from lit3drft.models.decode import language_model
 
 
 def ridge_r2(x: np.ndarray, y: np.ndarray, lam: float) -> list[float]:
@@ -61,6 +65,9 @@ def main(argv=None) -> int:
     tok = policy.tokenizer
     digit = torch.tensor([any(c.isdigit() for c in tok.decode([i])) for i in range(len(tok))])
     image_id = policy.hf_model.config.image_token_id
+    decoder = language_model(policy.hf_model).layers
+    layers = [d.self_attn for d in decoder]
+    attn_norm = [d.input_layernorm for d in decoder]
     feats: dict[str, list[np.ndarray]] = {}
     boxes, cats = [], []
     for i in range(args.n):
@@ -88,6 +95,11 @@ def main(argv=None) -> int:
         writes = [j - 1 for j in range(len(labels)) if labels[j] != -100 and digit[labels[j]] and ends[j] > start]
         if not own or not writes:
             continue
+        for layer, attn in enumerate(layers):  # what each key/value head of each layer reads off the object's tokens
+            hd = attn.head_dim
+            v = attn.v_proj(attn_norm[layer](hs[layer][0, own])).detach()  # (tokens, kv heads * hd)
+            for kv in range(v.shape[-1] // hd):
+                feats.setdefault(f"value{kv}@{layer}", []).append(v[:, kv * hd : (kv + 1) * hd].mean(0).float().numpy())
         for layer, h in enumerate(hs):
             feats.setdefault(f"object@{layer}", []).append(h[0, own].mean(0).float().numpy())
             feats.setdefault(f"first@{layer}", []).append(h[0, writes[0]].float().numpy())
