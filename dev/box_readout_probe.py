@@ -53,9 +53,16 @@ def main(argv=None) -> int:
     ap.add_argument("target")
     ap.add_argument("--n", type=int, default=400, help="held-out clips to draw (those with a describable object ask)")
     ap.add_argument("--lam", type=float, default=30.0, help="ridge penalty (on standardised features)")
+    ap.add_argument(
+        "--head",
+        default="",
+        help="LAYER:HEAD: also that attention head's output at the first-number "
+        "state (its value mix, through its slice of o_proj) and its mass on the object's tokens there",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    cfg, weights, _ = resolve_target(Path(args.target), None, args.overrides)
+    extra = ["model.attn_implementation=eager"] if args.head else []  # attention weights need eager
+    cfg, weights, _ = resolve_target(Path(args.target), None, [*args.overrides, *extra])
     policy = build_policy(cfg.model)
     if weights is not None:
         load_trainable(policy, weights)
@@ -69,7 +76,7 @@ def main(argv=None) -> int:
     layers = [d.self_attn for d in decoder]
     attn_norm = [d.input_layernorm for d in decoder]
     feats: dict[str, list[np.ndarray]] = {}
-    boxes, cats = [], []
+    boxes, cats, masses = [], [], []
     for i in range(args.n):
         sample, dense = data[i]
         g = sample.meta.get("grounding")
@@ -79,9 +86,10 @@ def main(argv=None) -> int:
         b = policy.collate([flat], with_answer=True)
         with torch.no_grad():
             pos, _ = policy.positions(b["input_ids"], b["mm_token_type_ids"], b["attention_mask"], b)
-            hs = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
-                                 use_cache=False, output_hidden_states=True,
-                                 **policy.visual_kwargs(b)).hidden_states  # fmt: skip
+            out = policy.hf_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=pos,
+                                 use_cache=False, output_hidden_states=True, output_attentions=bool(args.head),
+                                 **policy.visual_kwargs(b))  # fmt: skip
+            att, hs = out.attentions, out.hidden_states
         img = torch.nonzero(b["input_ids"][0] == image_id).flatten()
         per_frame = len(img) // len(flat.frames)
         owner = dense["owner"]
@@ -100,6 +108,18 @@ def main(argv=None) -> int:
             v = attn.v_proj(attn_norm[layer](hs[layer][0, own])).detach()  # (tokens, kv heads * hd)
             for kv in range(v.shape[-1] // hd):
                 feats.setdefault(f"value{kv}@{layer}", []).append(v[:, kv * hd : (kv + 1) * hd].mean(0).float().numpy())
+        if args.head:
+            L, H = (int(x) for x in args.head.split(":"))
+            attn, hd = layers[L], layers[L].head_dim
+            kv = H // attn.num_key_value_groups
+            v = attn.v_proj(attn_norm[L](hs[L][0])).detach()[:, kv * hd : (kv + 1) * hd]  # (L, hd)
+            w = att[L][0, H, writes[0]]  # (L,) its attention from the first-number state
+            mix = w @ v
+            feats.setdefault("head_mix", []).append(mix.float().numpy())
+            feats.setdefault("head_out", []).append(
+                (attn.o_proj.weight[:, H * hd : (H + 1) * hd] @ mix).detach().float().numpy()
+            )
+            masses.append(float(w[own].sum()))
         for layer, h in enumerate(hs):
             feats.setdefault(f"object@{layer}", []).append(h[0, own].mean(0).float().numpy())
             feats.setdefault(f"first@{layer}", []).append(h[0, writes[0]].float().numpy())
@@ -109,6 +129,8 @@ def main(argv=None) -> int:
     names = sorted(set(cats))
     onehot = np.array([[c == n for n in names] for c in cats], dtype=np.float64)
     out = {"clips": len(y), "category": ridge_r2(onehot, y, 1.0)}
+    if masses:
+        out["head_mass_first"] = round(float(np.mean(masses)), 3)
     for k, v in feats.items():
         out[k] = ridge_r2(np.stack(v).astype(np.float64), y, args.lam)
     print(json.dumps(out))
