@@ -142,24 +142,29 @@ class PretrainModule(PolicyModule):
         scale = BOX_SCALE.to(pred.device)
         return (pred / scale - torch.tensor(boxes, device=pred.device) / scale).abs().mean()
 
+    def _grounding_clips(self, b: dict[str, Tensor], samples: list, owner: Tensor) -> Iterator[tuple]:
+        """``(row, sample, its grounding meta, the owner of each of its visual tokens, its visual-token mask)`` for
+        the batch's grounding clips (``owner``: the dense targets' object ids, in the visual tokens' order)."""
+        is_img = b["input_ids"] == self.image_token_id  # (B, L)
+        per_sample = torch.split(owner, is_img.sum(1).tolist())
+        for r, s in enumerate(samples):
+            g = (s.meta or {}).get("grounding")
+            if s.task == "grounding" and g is not None:
+                yield r, s, g, per_sample[r], is_img[r]
+
     def _pointer_loss(
         self, hidden: Tensor, b: dict[str, Tensor], samples: list, owner: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``pretrain.pointer_weight``'s loss and accuracy over the batch's grounding clips whose referred object owns
         a visual token: ``-log`` of the softmax mass on its tokens (loss 0 and accuracy NaN when there is none)."""
-        is_img = b["input_ids"] == self.image_token_id  # (B, L); the dense targets follow these tokens' order
-        per_sample = torch.split(owner, is_img.sum(1).tolist())
         losses, hits = [], []
-        for r, s in enumerate(samples):
-            g = (s.meta or {}).get("grounding")
-            if s.task != "grounding" or g is None:
-                continue
-            mask = per_sample[r] == int(g["object"])
+        for r, _, g, tokens, is_img in self._grounding_clips(b, samples, owner):
+            mask = tokens == int(g["object"])
             answer = torch.nonzero(b["labels"][r] != -100)
             if not mask.any() or len(answer) == 0:
                 continue
             q = self.heads["pointer_q"](hidden[r, int(answer[0]) - 1].float())  # the state that starts the answer
-            k = self.heads["pointer_k"](hidden[r][is_img[r]].float())  # (T, POINTER_DIM)
+            k = self.heads["pointer_k"](hidden[r][is_img].float())  # (T, POINTER_DIM)
             logits = k @ q / POINTER_DIM**0.5
             losses.append(torch.logsumexp(logits, 0) - torch.logsumexp(logits[mask], 0))
             hits.append(mask[logits.argmax()].float())
@@ -225,14 +230,8 @@ class PretrainModule(PolicyModule):
             tok = self.policy.tokenizer
             digits = [i for i in range(len(tok)) if any(ch.isdigit() for ch in tok.decode([i]))]
             self._digit_ids = torch.tensor(digits, dtype=torch.long)
-        is_img = b["input_ids"] == self.image_token_id
-        per_sample = torch.split(owner, is_img.sum(1).tolist())
         losses, masses = [], []
-        for r, s in enumerate(samples):
-            g = (s.meta or {}).get("grounding")
-            if s.task != "grounding" or g is None:
-                continue
-            tokens = per_sample[r]
+        for r, s, g, tokens, is_img in self._grounding_clips(b, samples, owner):
             per_frame = len(tokens) // max(len(s.frames), 1)
             frame_of = torch.arange(len(tokens), device=tokens.device) // max(per_frame, 1)
             mask = (tokens == int(g["object"])) & (frame_of == int(g["frame"]))
@@ -242,7 +241,7 @@ class PretrainModule(PolicyModule):
             if not mask.any() or len(cols) == 0:
                 continue
             logp = self._attend_probs(captured, r, cols, b["attention_mask"][r].bool())
-            target = torch.nonzero(is_img[r]).flatten()[mask]
+            target = torch.nonzero(is_img).flatten()[mask]
             per_pos = torch.logsumexp(logp[:, target], -1)  # log of the mass on the object's tokens
             losses.append(-per_pos.mean())
             masses.append(per_pos.exp().mean())
