@@ -245,6 +245,8 @@ def test_answer_box_at_first_reads_each_box_before_any_of_its_numbers(run_overri
     assert torch.allclose(losses["answer_box"], expected, atol=1e-5)
     with pytest.raises(ValueError, match="pretrain.answer_box_at='last'"):
         PerceptionDataModule(replace_model(cfg.pretrain, answer_box_at="last"), cfg.data.synth, 2, 2, lambda x: x)
+    with pytest.raises(ValueError, match="pretrain.attend_at='all'"):
+        PerceptionDataModule(replace_model(cfg.pretrain, attend_at="all"), cfg.data.synth, 2, 2, lambda x: x)
 
 
 def test_the_answer_box_loss_supervises_a_grounding_answer_with_its_frames_box(run_overrides, tmp_path) -> None:
@@ -320,7 +322,8 @@ def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_obje
 ) -> None:
     """``pretrain.attend_weight``: at every answer position that writes a digit, minus the log of the supervised head's
     attention mass on the tokens the referred object owns in the answered frame, where the attention is the one
-    transformers' eager implementation returns (``output_attentions``); its gradient reaches that layer's query
+    transformers' eager implementation returns (``output_attentions``); with ``attend_at=first``, at the state that
+    writes the box's first number only; its gradient reaches that layer's query
     projection; another frame gives another loss; detection clips contribute nothing; a bad layer names the key."""
     cfg = _cfg(run_overrides, tmp_path, "pretrain.attend_weight=1.0", "pretrain.grounding_share=1.0",
                "pretrain.attend_layer=-2", "pretrain.attend_head=1")  # fmt: skip
@@ -362,6 +365,20 @@ def test_the_attend_loss_is_transformers_own_attention_mass_on_the_referred_obje
     mass = probs[cols][:, own].sum(-1)
     assert torch.allclose(losses["attend"].detach(), -mass.log().mean(), atol=1e-4)
     assert torch.allclose(losses["attend_mass"], mass.mean(), atol=1e-5)
+    # attend_at=first: the state that writes the box's first number only, found here from the answer's text
+    answer = [int(labels[j]) for j in range(len(labels)) if labels[j] != -100]
+    start = int(torch.nonzero(labels != -100)[0])
+    text = tok.decode(answer)
+    begin = text.index('"bbox_3d": [') + len('"bbox_3d": [')
+    first = next(i for i in range(len(answer)) if len(tok.decode(answer[: i + 1])) > begin)
+    at_first = PretrainModule(pretrain_cfg=replace_model(cfg.pretrain, attend_at="first"), policy=policy,
+                              stage=cfg.stages[0], reward_cfg=cfg.reward, eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    with torch.no_grad():
+        only = at_first._forward(batch)[1]
+    expected = probs[start + first - 1][own].sum()
+    assert any(c.isdigit() or c == "-" for c in tok.decode([answer[first]]))
+    assert torch.allclose(only["attend_mass"], expected, atol=1e-5)
+    assert torch.allclose(only["attend"], -expected.log(), atol=1e-4)
     frame = g["frame"]
     g["frame"] = next(f for f in range(len(sample.frames)) if f != frame
                       and any(dense["owner"][t] == g["object"] and t // per_frame == f for t in range(len(img))))  # fmt: skip
@@ -421,6 +438,54 @@ def test_grounding_clips_in_ta_mode_name_their_target_before_the_box(run_overrid
         PerceptionDataModule(replace_model(cfgs["da"], grounding_mode="xa"), synth, 2, 2, lambda b: b)
     with pytest.raises(ValueError, match="pretrain.grounding_think='copy'"):
         PerceptionDataModule(replace_model(cfgs["da"], grounding_think="copy"), synth, 2, 2, lambda b: b)
+
+
+def test_the_listing_think_detects_the_answered_frame_then_restates_the_target(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=listing``: the think copies the expression and the answered frame, lists the objects
+    that frame shows as a detection answer in its camera (left to right, labels with colour), the target among them
+    with the answer's own box, then restates the target's entry; the answer is the description think's; the
+    answer-box loss reads the answer's box, not the listing's first."""
+    from lit3drft.rewards.parsing import parse_detections
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta",
+               "pretrain.grounding_think=listing", "pretrain.answer_box_weight=1.0")  # fmt: skip
+    described = replace_model(cfg.pretrain, grounding_think="description")
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 10)
+    items = [data[i] for i in range(10)]
+    checked = 0
+    for i, (s, _) in enumerate(items):
+        if s.task != "grounding":
+            continue
+        g = s.meta["grounding"]
+        think, answer = s.answer.removeprefix("<think>").split("</think>")
+        desc = g["description"]
+        head, rest = think.split(", which shows ")
+        assert head == f"{desc[0].upper()}{desc[1:]} looks largest in Frame-{g['frame']}"
+        shown, chosen = rest.split(". So: ")
+        entries = json.loads(shown)
+        assert [e["bbox_3d"][0] for e in entries] == sorted(e["bbox_3d"][0] for e in entries)  # left to right
+        noun = desc.split(" closest")[0].split(" farthest")[0].removeprefix("the ")
+        assert json.loads(chosen) == {"label": noun, "bbox_3d": g["bbox_3d"]} and json.loads(chosen) in entries
+        assert all(len(e["label"].split()) >= 2 for e in entries)  # colour and category
+        parsed = parse_detections(shown)  # a detection answer of one frame
+        assert parsed is not None and [lab for lab, _ in parsed] == [e["label"] for e in entries]
+        other = PerceptionDataset(described, cfg.data.synth, cfg.pretrain.seed, 10)[i][0]
+        assert other.answer.split("</think>")[1] == answer
+        checked += 1
+    assert checked >= 3
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    s, dense = next(x for x in items if x[0].task == "grounding")
+    labels = policy.to_device(collate_perception([(s, dense)], policy)["inputs"])["labels"][0]
+    states = module._box_states(labels, 1, first=False)
+    tok = policy.tokenizer
+    where = torch.nonzero(labels != -100).flatten().tolist()
+    ends = [len(tok.decode([int(labels[j]) for j in where[: n + 1]])) for n in range(len(where))]
+    think_end = s.answer.index("</think>") + len("</think>")
+    answer_start = where[next(n for n, e in enumerate(ends) if e > think_end)]
+    assert states and all(c + 1 > answer_start for c, _ in states)  # the answer's box, after the listing's
+    assert {k for _, k in states} == {0} and len(states) >= 9
 
 
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:

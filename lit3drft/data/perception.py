@@ -39,7 +39,7 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import describe, grounding_think, left_to_right
+from lit3drft.data.tasks import describe, grounding_think, left_to_right, listing_think
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -106,11 +106,14 @@ class PretrainConfig:
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: Literal["benchmark", "description"] = "benchmark"
+    grounding_think: Literal["benchmark", "description", "listing"] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
-    1.67 m in front of the camera."), every token of which but the last numbers is a copy of the question."""
+    1.67 m in front of the camera."), every token of which but the last numbers is a copy of the question, or
+    ``listing`` (``tasks.listing_think``): detect, then select: the copied expression and frame, every object that
+    frame shows as a detection answer in its camera (labels with colour), then the referred entry restated, whose
+    box the answer copies."""
     pointer_weight: float = 0.0
     """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
     the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
@@ -129,6 +132,10 @@ class PretrainConfig:
     """The language-model layer of ``attend_weight``'s head (Python index: -2 is the last but one)."""
     attend_head: int = 0
     """The query head of ``attend_layer`` that ``attend_weight`` supervises."""
+    attend_at: Literal["digits", "box", "first"] = "digits"
+    """Where ``attend_weight``'s loss asks for the mass: ``digits`` every answer position that writes a digit (the
+    think's too), ``box`` the states that write the answer box's numbers, ``first`` only the state that writes the
+    box's first number (where nothing of the box is in the text yet, so the head alone can bring it)."""
     vision_warmup_steps: int = 0
     """First optimiser steps that train the vision tower, its merger and the vision head on the dense losses only
     (no language-model forward: a step costs a fraction of a full one)."""
@@ -343,17 +350,25 @@ def box2d_sample(sample: Sample) -> Sample:
 
 
 def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[int], rng: np.random.Generator,
-                       think: str = "benchmark") -> dict | None:  # fmt: skip
+                       think: str = "benchmark", min_px: int = 1) -> dict | None:  # fmt: skip
     """A grounding question on a clip: the first object of ``keep`` (visible ones, in a random order) that a
     referring expression singles out, the clip frame where its drawn area is largest and its box in that frame's
-    camera (what the benchmark's grounding rows hold); None if no visible object can be singled out."""
+    camera (what the benchmark's grounding rows hold); None if no visible object can be singled out. ``think``:
+    ``PretrainConfig.grounding_think`` (``listing``: the objects with at least ``min_px`` pixels in that frame)."""
     for t in rng.permutation(keep).tolist():
         described = describe(scene, t, rng)
         if described is None:
             continue
         k = int(np.argmax([(x == t + 1).sum() for x in insts]))
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
-        text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
+        if think == "listing":
+            pixels = np.bincount(insts[k].ravel(), minlength=len(scene.objects) + 1)[1:]
+            shown = [i for i in range(len(scene.objects)) if pixels[i] >= min_px or i == t]
+            objs, boxes = left_to_right([scene.objects[i] for i in shown], scene.cam2world[frames[k]])
+            labels = [f"{o.color} {o.category}" for o in objs]
+            text = listing_think(described[0], k, boxes, labels, objs.index(scene.objects[t]))
+        else:
+            text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
                 "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
     return None
@@ -415,7 +430,8 @@ class PerceptionDataset(Dataset):
         box2d = {"boxes": [b for _, b in in_first], "labels": [scene.objects[k].category for k, _ in in_first]}
         lo = c.inventory_share + c.box2d_share
         asked = c.grounding_share > 0 and (not self.training or lo <= u < lo + c.grounding_share)
-        grounding = grounding_question(scene, keep, insts, frames, rng, c.grounding_think) if asked else None
+        grounding = (grounding_question(scene, keep, insts, frames, rng, c.grounding_think, gen.min_visible_pixels)
+                     if asked else None)  # fmt: skip
         sample = Sample(
             id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
             prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
@@ -464,10 +480,13 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
-        if cfg.grounding_think not in ("benchmark", "description"):
-            raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark' or 'description'")
+        if cfg.grounding_think not in ("benchmark", "description", "listing"):
+            raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description' "
+                             "or 'listing'")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):
             raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
+        if cfg.attend_at not in ("digits", "box", "first"):
+            raise ValueError(f"pretrain.attend_at={cfg.attend_at!r}: must be 'digits', 'box' or 'first'")
         if cfg.grounding_mode not in ("da", "ta"):
             raise ValueError(f"pretrain.grounding_mode={cfg.grounding_mode!r}: must be 'da' or 'ta'")
         if not cfg.geometry_init_ratio >= 0:

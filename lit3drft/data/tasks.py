@@ -8,6 +8,7 @@ are relative to the benchmark root.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import Counter
 from dataclasses import replace
@@ -136,6 +137,27 @@ def grounding_think(described: str, frame: int, bbox: list[float], description: 
     if description is not None:
         return f"{description[0].upper()}{description[1:]} looks largest in {where}"
     return f"{described} It looks largest in {where}"
+
+
+def listing_think(description: str, frame: int, boxes: list[list[float]], labels: list[str], target: int) -> str:
+    """A detect-then-select grounding think: the referring expression copied with the answered frame, then every
+    object that frame shows in its camera (``boxes``, left to right, labelled with colour and category: a detection
+    answer of one frame), then entry ``target`` restated, from which the answer's box is copied. Each step is one the
+    tiny policy already takes elsewhere: a detection listing, copying words of the question, and copying a box whose
+    label it has just written (the entry's own text recurs right before its numbers).
+
+    Example:
+        >>> listing_think("the red chair", 2, [[0.1, 0, 2, 1, 1, 1, 0, 0, 0], [0.9, 0, 3, 1, 1, 1, 0, 0, 0]],
+        ...               ["red chair", "blue bed"], 0)  # doctest: +NORMALIZE_WHITESPACE
+        'The red chair looks largest in Frame-2, which shows [{"label": "red chair", "bbox_3d": [0.1, 0.0, 2.0, 1.0,
+        1.0, 1.0, 0.0, 0.0, 0.0]}, {"label": "blue bed", "bbox_3d": [0.9, 0.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}].
+        So: {"label": "red chair", "bbox_3d": [0.1, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}'
+    """
+    shown = P.detection_answer(boxes, labels)
+    chosen = json.dumps({"label": labels[target], "bbox_3d": P._r2(boxes[target])})
+    return (
+        f"{description[0].upper()}{description[1:]} looks largest in Frame-{frame}, which shows {shown}. So: {chosen}"
+    )
 
 
 def description_think(rec: Record) -> Record:

@@ -124,23 +124,37 @@ class PretrainModule(PolicyModule):
         """``pretrain.answer_box_weight``'s loss: the box being written, from the state before each of its tokens
         (``answer_box_at=first``: before its first one only; a detection answer's boxes in the first camera; a
         grounding answer's box in its answered frame's camera)."""
-        tok = self.policy.tokenizer
         rows, cols, boxes = [], [], []
-        for r, (row, target) in enumerate(zip(labels.tolist(), targets)):
-            where = [j for j, t in enumerate(row) if t != -100]
+        for r, target in enumerate(targets):
             gt = target.get("boxes") or ([target["bbox_3d"]] if target.get("task") == "grounding" else [])
-            pairs = answer_box_positions([tok.decode([row[j]]) for j in where], len(gt))
-            if self.pretrain_cfg.answer_box_at == "first":  # each box's first number only
-                pairs = [(i, k) for n, (i, k) in enumerate(pairs) if n == 0 or pairs[n - 1][1] != k]
-            for i, k in pairs:
+            for col, k in self._box_states(labels[r], len(gt), self.pretrain_cfg.answer_box_at == "first"):
                 rows.append(r)
-                cols.append(where[i] - 1)  # the state that predicts answer token where[i]
+                cols.append(col)
                 boxes.append(gt[k][:6])
         if not rows:
             return hidden.sum() * 0.0
         pred = self.heads["answer"](hidden[rows, cols].float())
         scale = BOX_SCALE.to(pred.device)
         return (pred / scale - torch.tensor(boxes, device=pred.device) / scale).abs().mean()
+
+    def _box_states(self, labels: Tensor, n_boxes: int, first: bool) -> list[tuple[int, int]]:
+        """``(position, k)``: the states that predict the numbers of answer box ``k`` (of ``n_boxes``) in the answer
+        tokens of ``labels`` (one row, -100 outside the answer; after its think, if any); ``first``: only each box's
+        first number's."""
+        row = labels.tolist()
+        where = [j for j, t in enumerate(row) if t != -100]
+        tok = self.policy.tokenizer
+        pieces = [tok.decode([row[j]]) for j in where]
+        text = "".join(pieces)
+        if "</think>" in text:  # the answer's boxes, not those a think lists (``grounding_think=listing``)
+            end, cut = text.index("</think>") + len("</think>"), 0
+            while len("".join(pieces[:cut])) < end:
+                cut += 1
+            where, pieces = where[cut:], pieces[cut:]
+        pairs = answer_box_positions(pieces, n_boxes)
+        if first:
+            pairs = [(i, k) for n, (i, k) in enumerate(pairs) if n == 0 or pairs[n - 1][1] != k]
+        return [(where[i] - 1, k) for i, k in pairs]  # the state that predicts answer token where[i]
 
     def _grounding_clips(self, b: dict[str, Tensor], samples: list, owner: Tensor) -> Iterator[tuple]:
         """``(row, sample, its grounding meta, the owner of each of its visual tokens, its visual-token mask)`` for
@@ -224,7 +238,7 @@ class PretrainModule(PolicyModule):
     def _attend_loss(self, captured: dict[str, Any], b: dict[str, Tensor], samples: list, owner: Tensor
                      ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """``pretrain.attend_weight``'s loss and mean attention mass over the batch's grounding clips whose referred
-        object owns a visual token in the answered frame: at each answer position that writes a digit, ``-log`` of
+        object owns a visual token in the answered frame: at each answer position ``attend_at`` names, ``-log`` of
         the supervised head's mass on those tokens (loss 0 and mass NaN when there is none)."""
         if self._digit_ids is None:
             tok = self.policy.tokenizer
@@ -236,8 +250,12 @@ class PretrainModule(PolicyModule):
             frame_of = torch.arange(len(tokens), device=tokens.device) // max(per_frame, 1)
             mask = (tokens == int(g["object"])) & (frame_of == int(g["frame"]))
             labels = b["labels"][r]
-            writes = (labels != -100) & torch.isin(labels, self._digit_ids.to(labels.device))
-            cols = torch.nonzero(writes).flatten() - 1  # the states that predict those tokens
+            if self.pretrain_cfg.attend_at == "digits":
+                writes = (labels != -100) & torch.isin(labels, self._digit_ids.to(labels.device))
+                cols = torch.nonzero(writes).flatten() - 1  # the states that predict those tokens
+            else:  # the answer box's numbers, or its first one
+                states = self._box_states(labels, 1, self.pretrain_cfg.attend_at == "first")
+                cols = torch.tensor([c for c, _ in states], dtype=torch.long, device=labels.device)
             if not mask.any() or len(cols) == 0:
                 continue
             logp = self._attend_probs(captured, r, cols, b["attention_mask"][r].bool())
