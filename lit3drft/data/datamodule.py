@@ -24,7 +24,7 @@ from lit3drft.data.readers import read_records
 from lit3drft.data.records import BadSampleError, Record, SkipCounter
 from lit3drft.data.sample import TASKS, Sample
 from lit3drft.data.synth import FORMAT_VERSION, generate, rerender_command
-from lit3drft.data.tasks import DATASET, description_think
+from lit3drft.data.tasks import DATASET, description_think, scene_listing_think
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class LitDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.collate_fn = collate_fn
         self.skipped = SkipCounter()
+        self._scenes: dict[str, dict] = {}  # scene.json per scene name (think=listing)
         self.datasets: dict[str, SampleDataset] = {}
         for s in cfg.sources:
             if s.task not in TASKS:
@@ -169,6 +170,18 @@ class LitDataModule(L.LightningDataModule):
     def sources(self) -> dict[str, SourceConfig]:
         return {s.name: s for s in self.cfg.sources if s.task in self.cfg.tasks}
 
+    def _scene(self, rec: Record) -> dict:
+        """The ``scene.json`` of a row's scene (``think=listing``), read once; a missing one names its path."""
+        name = str(rec.meta.get("scene_name", ""))
+        if name not in self._scenes:
+            path = Path(self.cfg.root) / "scenes" / name / "scene.json"
+            if not name or not path.is_file():
+                raise BadSampleError(f"{rec.meta.get('file', '?')}: row {rec.id}: think=listing reads the scene's "
+                                     f"objects from {path}, which does not exist (the embedded benchmark has one "
+                                     "per scene; other data cannot use think=listing)")  # fmt: skip
+            self._scenes[name] = json.loads(path.read_text())
+        return self._scenes[name]
+
     def split_entries(self, split: str) -> list[tuple[Record, str, str]]:
         """(record, mode, id suffix) of a split after caps, weights and modes; deterministic per seed."""
         cfg = self.cfg
@@ -181,6 +194,8 @@ class LitDataModule(L.LightningDataModule):
                                 cfg.on_bad_sample, self.skipped)  # fmt: skip
             if src.think == "description":
                 recs = [description_think(r) for r in recs]
+            elif src.think == "listing":
+                recs = [scene_listing_think(r, self._scene(r), cfg.synth.min_visible_pixels) for r in recs]
             if split != "train":
                 # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
                 # is scored on the same samples

@@ -174,6 +174,31 @@ def description_think(rec: Record) -> Record:
     return replace(rec, think=grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc.strip()))
 
 
+def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
+    """``rec`` with ``SourceConfig.think=listing``: a grounding row's think rewritten as ``listing_think``'s detect,
+    then select trace, from its scene's ``scene.json`` (``scene``: objects' world boxes, colours, per-frame camera
+    poses and visible pixels): the objects of at least ``min_px`` pixels in the answered frame, in its camera."""
+    where = f"{rec.meta.get('file', '?')}: row {rec.id}"
+    if rec.task != "grounding":
+        raise BadSampleError(f"{where}: think=listing is for grounding rows, this one is {rec.task}")
+    desc, t, frames = rec.meta.get("description"), rec.meta.get("object_id"), rec.meta.get("frame_indices")
+    if not isinstance(desc, str) or not desc.strip() or not isinstance(t, int) or not isinstance(frames, list):
+        raise BadSampleError(f"{where}: think=listing needs the row's metadata.description, object_id and "
+                             "frame_indices (the embedded benchmark's grounding rows have them)")  # fmt: skip
+    k = int(rec.target["frame"])
+    objects = [SceneObject(o["category"], o["color"], list(o["bbox_3d"][:3]), list(o["bbox_3d"][3:6]), o["bbox_3d"][6])
+               for o in scene["objects"]]  # fmt: skip
+    visible = scene["visible_pixels"][frames[k]]
+    shown = [objects[i] for i in range(len(objects)) if visible[i] >= min_px or i == t]
+    objs, boxes = left_to_right(shown, np.asarray(scene["cam2world"][frames[k]]))
+    target = next(n for n, o in enumerate(objs) if o is objects[t])
+    if boxes[target] != P._r2(rec.target["bbox_3d"]):
+        raise BadSampleError(f"{where}: object {t} of {scene.get('name', 'its scene')} in Frame-{k} is not the row's "
+                             f"target box ({boxes[target]} vs {rec.target['bbox_3d']}): the row and scene.json disagree")  # fmt: skip
+    labels = [f"{o.color} {o.category}" for o in objs]
+    return replace(rec, think=listing_think(desc.strip(), k, boxes, labels, target))
+
+
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
     """ScanRefer-style rows: ``n_frames`` frames prefixed "Frame-i: ", the answer frame the one where the
     target's drawn area is largest, its box in that camera's frame."""

@@ -109,6 +109,50 @@ def test_description_think_copies_the_rows_referring_expression(cfg, tmp_path):
         LitDataModule(replace(cfg, sources=[src])).setup("fit")
 
 
+def test_listing_think_lists_the_answered_frames_objects_then_restates_the_target(cfg, tmp_path):
+    """``data.sources[i].think=listing``: a grounding TA answer's think copies the expression and the answered frame,
+    lists objects of the row's scene as a detection answer in that frame's camera (each listed centre, taken back to
+    the world by the frame's pose, is a scene object's centre; the target is listed with the row's own box), then
+    restates the target's entry; the answer is unchanged; data without ``scenes/<scene>/scene.json`` fails naming
+    the path it looked for."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    ground = [replace(src, mode="ta", think="listing") for src in cfg.sources if src.task == "grounding"]
+    dm = LitDataModule(replace(cfg, sources=ground))
+    dm.setup("fit")
+    entries = dm.datasets["train"].entries
+    assert entries
+    for rec, _, _ in entries[:20]:
+        scene = json.loads((Path(cfg.root) / "scenes" / rec.meta["scene_name"] / "scene.json").read_text())
+        k = rec.target["frame"]
+        c2w = np.asarray(scene["cam2world"][rec.meta["frame_indices"][k]])
+        desc = rec.meta["description"]
+        head, rest = rec.think.split(", which shows ")
+        assert head == f"{desc[0].upper()}{desc[1:]} looks largest in Frame-{k}"
+        shown, chosen = rest.split(". So: ")
+        listed = json.loads(shown)
+        centres = np.array([o["bbox_3d"][:3] for o in scene["objects"]])
+        for entry in listed:
+            world = c2w[:3, :3] @ np.array(entry["bbox_3d"][:3]) + c2w[:3, 3]
+            i = int(np.linalg.norm(centres - world, axis=1).argmin())
+            assert np.linalg.norm(centres[i] - world) < 0.03
+            assert entry["label"] == f"{scene['objects'][i]['color']} {scene['objects'][i]['category']}"
+        target = scene["objects"][rec.meta["object_id"]]
+        restated = json.loads(chosen)
+        assert restated == {"label": f"{target['color']} {target['category']}", "bbox_3d": rec.target["bbox_3d"]}
+        assert restated in listed and f"the {restated['label']}" in desc
+    assert dm.datasets["train"][0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
+
+    bare = tmp_path / "bare"  # the frames, without the scenes' annotations
+    shutil.copytree(cfg.root, bare, ignore=shutil.ignore_patterns("scene.json"))
+    with pytest.raises(BadSampleError, match=r"think=listing.*scenes/.*scene\.json"):
+        LitDataModule(replace(cfg, root=str(bare), sources=ground)).setup("fit")
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
