@@ -39,7 +39,7 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import describe, grounding_think, left_to_right, listing_think
+from lit3drft.data.tasks import describe, frame_listing_think, grounding_think, left_to_right
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -363,10 +363,7 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
         if think == "listing":
             pixels = np.bincount(insts[k].ravel(), minlength=len(scene.objects) + 1)[1:]
-            shown = [i for i in range(len(scene.objects)) if pixels[i] >= min_px or i == t]
-            objs, boxes = left_to_right([scene.objects[i] for i in shown], scene.cam2world[frames[k]])
-            labels = [f"{o.color} {o.category}" for o in objs]
-            text = listing_think(described[0], k, boxes, labels, objs.index(scene.objects[t]))
+            text, _ = frame_listing_think(described[0], k, scene.objects, pixels, t, scene.cam2world[frames[k]], min_px)
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,

@@ -160,6 +160,18 @@ def listing_think(description: str, frame: int, boxes: list[list[float]], labels
     )
 
 
+def frame_listing_think(description: str, frame: int, objects: list[SceneObject], pixels, target: int,
+                        cam2world: np.ndarray, min_px: int) -> tuple[str, list[float]]:  # fmt: skip
+    """``listing_think`` for object ``target`` of ``objects`` in the frame of ``cam2world``: the objects with at
+    least ``min_px`` drawn ``pixels`` there (the target always), labelled with colour and category. Returns the think
+    and the target's box as listed (the answer's box)."""
+    shown = [o for i, o in enumerate(objects) if pixels[i] >= min_px or i == target]
+    objs, boxes = left_to_right(shown, cam2world)
+    at = next(n for n, o in enumerate(objs) if o is objects[target])
+    labels = [f"{o.color} {o.category}" for o in objs]
+    return listing_think(description, frame, boxes, labels, at), boxes[at]
+
+
 def description_think(rec: Record) -> Record:
     """``rec`` with ``SourceConfig.think=description``: a grounding row's think rewritten as ``grounding_think``'s
     copied referring expression (``metadata.description``), its answered frame and box depth."""
@@ -188,15 +200,16 @@ def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
     k = int(rec.target["frame"])
     objects = [SceneObject(o["category"], o["color"], list(o["bbox_3d"][:3]), list(o["bbox_3d"][3:6]), o["bbox_3d"][6])
                for o in scene["objects"]]  # fmt: skip
-    visible = scene["visible_pixels"][frames[k]]
-    shown = [objects[i] for i in range(len(objects)) if visible[i] >= min_px or i == t]
-    objs, boxes = left_to_right(shown, np.asarray(scene["cam2world"][frames[k]]))
-    target = next(n for n, o in enumerate(objs) if o is objects[t])
-    if boxes[target] != P._r2(rec.target["bbox_3d"]):
+    n_frames = len(scene["cam2world"])
+    if not (0 <= k < len(frames) and 0 <= frames[k] < n_frames and 0 <= t < len(objects)):
+        raise BadSampleError(f"{where}: frame {k} (of {len(frames)}: {frames}) or object {t} is not in "
+                             f"{scene.get('name', 'its scene')} ({n_frames} frames, {len(objects)} objects)")  # fmt: skip
+    c2w = np.asarray(scene["cam2world"][frames[k]])
+    think, box = frame_listing_think(desc.strip(), k, objects, scene["visible_pixels"][frames[k]], t, c2w, min_px)
+    if box != P._r2(rec.target["bbox_3d"]):
         raise BadSampleError(f"{where}: object {t} of {scene.get('name', 'its scene')} in Frame-{k} is not the row's "
-                             f"target box ({boxes[target]} vs {rec.target['bbox_3d']}): the row and scene.json disagree")  # fmt: skip
-    labels = [f"{o.color} {o.category}" for o in objs]
-    return replace(rec, think=listing_think(desc.strip(), k, boxes, labels, target))
+                             f"target box ({box} vs {rec.target['bbox_3d']}): the row and scene.json disagree")  # fmt: skip
+    return replace(rec, think=think)
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
