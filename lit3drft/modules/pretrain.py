@@ -10,6 +10,7 @@ F1 and the **image-swap gap** (answer cross-entropy with the next sample's frame
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -147,9 +148,8 @@ class PretrainModule(PolicyModule):
         pieces = [tok.decode([row[j]]) for j in where]
         text = "".join(pieces)
         if "</think>" in text:  # the answer's boxes, not those a think lists (``grounding_think=listing``)
-            end, cut = text.index("</think>") + len("</think>"), 0
-            while len("".join(pieces[:cut])) < end:
-                cut += 1
+            end = text.index("</think>") + len("</think>")
+            cut = next(n for n, e in enumerate(itertools.accumulate(map(len, pieces)), 1) if e >= end)
             where, pieces = where[cut:], pieces[cut:]
         pairs = answer_box_positions(pieces, n_boxes)
         if first:

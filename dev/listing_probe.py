@@ -1,0 +1,45 @@
+"""How long is the detect-then-select grounding think, and does every benchmark row get one? (issue 14)
+
+``python dev/listing_probe.py [--n N] [--config experiments/sft_tiny.yaml]``:
+- answer lengths in tokens (mean, 90th percentile, max) of ``N`` pretraining grounding clips asked with
+  ``pretrain.grounding_think=listing`` (``experiments/pretrain_tiny.yaml``, level 3, the base's tokenizer);
+- the benchmark's grounding rows of every split rebuilt with ``data.sources[1].think=listing``: how many, and that
+  none fails (``scene_listing_think`` checks that the listed target box is the row's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from lit3drft.config import load_config
+from lit3drft.data.datamodule import LitDataModule
+from lit3drft.data.perception import PerceptionDataset
+from lit3drft.models import build_policy
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64, help="pretraining clips to draw")
+    ap.add_argument("--config", default="experiments/sft_tiny.yaml", help="experiment whose benchmark rows to rebuild")
+    args = ap.parse_args(argv)
+    cfg = load_config("experiments/pretrain_tiny.yaml", [
+        "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta", "pretrain.grounding_think=listing",
+        "model.preset=", "model.pretrained=results/pretrain_tiny/base"])  # fmt: skip
+    tok = build_policy(cfg.model).tokenizer
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, args.n)
+    lengths = [len(tok(s.answer)["input_ids"]) for s, _ in (data[i] for i in range(args.n)) if s.task == "grounding"]
+    print(f"pretraining listing answers: {len(lengths)} clips, tokens mean {np.mean(lengths):.0f}, "
+          f"p90 {np.percentile(lengths, 90):.0f}, max {max(lengths)}")  # fmt: skip
+    bench = load_config(args.config, ["data.sources.1.mode=ta", "data.sources.1.think=listing"])
+    dm = LitDataModule(bench.data)
+    for split in ("train", "val", "test"):
+        rows = [r for r, _, _ in dm.split_entries(split) if r.task == "grounding"]
+        print(f"benchmark {split}: {len(rows)} grounding rows with a listing think (think chars mean "
+              f"{np.mean([len(r.think) for r in rows]):.0f})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
