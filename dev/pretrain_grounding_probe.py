@@ -37,6 +37,23 @@ def _ious(box: list[float], frame: int, target: dict, objs: torch.Tensor) -> tor
     return box3d_iou(p[None].expand(len(objs), -1), objs, paired=True)
 
 
+def _listing(text: str) -> list[tuple[str, list[float]]] | None:
+    """The entries of a listing think's detection list (``... which shows [...]. So:``), or None."""
+    lo, hi = text.find("which shows ["), text.find("]. So:")
+    if lo < 0 or hi < lo:
+        return None
+    try:
+        items = json.loads(text[lo + len("which shows ") : hi + 1])
+    except ValueError:
+        return None
+    out = []
+    for it in items if isinstance(items, list) else []:
+        b = it.get("bbox_3d") if isinstance(it, dict) else None
+        if isinstance(b, list) and len(b) == 9 and all(isinstance(v, (int, float)) for v in b):
+            out.append((str(it.get("label", "")), [float(v) for v in b]))
+    return out
+
+
 def attention_split(policy, samples: list) -> list[dict[str, float]]:
     """Per layer, the mean attention mass (over heads and answer positions) that the answer's tokens put on the
     visual tokens, on the referring expression's tokens (the prompt's ``Text: ...`` line) and on everything else."""
@@ -104,7 +121,9 @@ def main(argv=None) -> int:
         for b in range(0, len(flat), 16):
             texts += policy.generate([s for _, s in flat[b : b + 16]], max_new_tokens=cfg.eval.max_new_tokens)
     cols: dict[str, list[float]] = {"metric": [], "frame_acc": [], "best_obj_answered_cam": [],
-                                    "target_in_target_cam": [], "best_obj_target_cam": [], "n_objects": []}  # fmt: skip
+                                    "target_in_target_cam": [], "best_obj_target_cam": [], "n_objects": [],
+                                    "listed": [], "listing_oracle": [], "listing_precision": [],
+                                    "listing_recall": [], "listing_label_acc": []}  # fmt: skip
     for j, ((i, s), text) in enumerate(zip(flat, texts)):
         if j < 3:
             print(f"clip {i} completion: {text!r}\n  target: {s.answer!r}")
@@ -128,6 +147,20 @@ def main(argv=None) -> int:
             else 0.0
         )
         cols["metric"].append(m)
+        listing = _listing(text)
+        if listing is not None:  # detect, then select: how good is the detection, and would a perfect pick score?
+            truth = _listing(s.meta["grounding"]["think"]) or []  # the listing it was taught: in the target frame
+            vis = {int(_ious(b, int(t["frame"]), t, objs).argmax()) for _, b in truth}
+            li = [(lab, _ious(b, f, t, objs)) for lab, b in listing]
+            cols["listed"].append(len(li))
+            cols["listing_oracle"].append(max((float(x[tgt]) for _, x in li), default=0.0))
+            hits = [int(x.argmax()) for _, x in li if float(x.max()) >= 0.25]
+            cols["listing_precision"].append(len(hits) / len(li) if li else 0.0)
+            cols["listing_recall"].append(len(set(hits) & set(vis)) / len(vis) if vis else 0.0)
+            cats = [scene.objects[int(x.argmax())].category for _, x in li if float(x.max()) >= 0.25]
+            labs = [lab for lab, x in li if float(x.max()) >= 0.25]
+            if cats:
+                cols["listing_label_acc"].append(float(np.mean([c in lab for c, lab in zip(cats, labs)])))
         cols["frame_acc"].append(float(f == int(t["frame"])))
         cols["best_obj_answered_cam"].append(float(a.max()))
         cols["target_in_target_cam"].append(float(tt[tgt]))

@@ -488,6 +488,59 @@ def test_the_listing_think_detects_the_answered_frame_then_restates_the_target(r
     assert {k for _, k in states} == {0} and len(states) >= 9
 
 
+def test_the_clip_listing_think_lists_the_clips_detection_then_answers_frame_0(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=clip_listing``: the think copies the expression, then lists the clip's detection
+    answer (the detection clip's own boxes, in Frame-0's camera and order, labels with colour), then restates the
+    target, whose box the answer writes as Frame-0's; the metric's target stays the answered frame's box, and the
+    answer scores IoU ~1 against it; the answer-box loss reads the written (Frame-0) box."""
+    from lit3drft.rewards.grounding import grounding_scores
+    from lit3drft.rewards.parsing import parse_detections
+
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta",
+               "pretrain.grounding_think=clip_listing", "pretrain.answer_box_weight=1.0")  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 10)
+    plain = PerceptionDataset(replace_model(cfg.pretrain, grounding_share=0.0), cfg.data.synth, cfg.pretrain.seed, 10)
+    checked = 0
+    for i in range(10):
+        s, _ = data[i]
+        if s.task != "grounding":
+            continue
+        det = plain[i][0]  # the same clip asked for detection
+        g = s.meta["grounding"]
+        think, answer = s.answer.removeprefix("<think>").split("</think>")
+        desc = g["description"]
+        head, rest = think.split(": the clip shows, in Frame-0's camera, ")
+        assert head == f"{desc[0].upper()}{desc[1:]}"
+        shown, chosen = rest.split(". So: ")
+        entries = json.loads(shown)
+        assert [e["bbox_3d"] for e in entries] == det.target["boxes"]  # the clip's detection answer
+        assert [e["label"].split()[-1] for e in entries] == [lab.split()[-1] for lab in det.target["labels"]]
+        assert parse_detections(shown) is not None
+        noun = desc.split(" closest")[0].split(" farthest")[0].removeprefix("the ")
+        restated = json.loads(chosen)
+        assert restated["label"] == noun and restated in entries
+        assert json.loads(answer.removeprefix("<answer>").removesuffix("</answer>")) == {
+            "frame": 0, "bbox_3d": restated["bbox_3d"]}  # fmt: skip
+        assert s.target["frame"] == g["frame"] and s.target["bbox_3d"] == g["bbox_3d"]  # scored as the benchmark
+        assert s.target["answer_bbox_3d"] == restated["bbox_3d"]
+        _, iou, parsed = grounding_scores([answer], [s.target])
+        assert parsed.item() and iou.item() > 0.9
+        checked += 1
+    assert checked >= 3
+    policy = build_policy(cfg.model)
+    module = PretrainModule(pretrain_cfg=cfg.pretrain, policy=policy, stage=cfg.stages[0], reward_cfg=cfg.reward,
+                            eval_cfg=cfg.eval, detection_classes=[])  # fmt: skip
+    s, dense = next(x for x in (data[i] for i in range(10)) if x[0].task == "grounding")
+    b = policy.to_device(collate_perception([(s, dense)], policy)["inputs"])
+    width = policy.hf_model.config.text_config.hidden_size
+    hidden = torch.zeros(*b["labels"].shape, width)
+    module.heads["answer"] = torch.nn.Linear(width, 6)  # a head that always says the written box
+    with torch.no_grad():
+        module.heads["answer"].weight.zero_()
+        module.heads["answer"].bias.copy_(torch.tensor(s.target["answer_bbox_3d"][:6]))
+    assert module._answer_box_loss(hidden, b["labels"], [s.target]).item() < 1e-6  # the written box, exactly
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""

@@ -39,7 +39,7 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import describe, frame_listing_think, grounding_think, left_to_right
+from lit3drft.data.tasks import clip_listing_think, describe, frame_listing_think, grounding_think, left_to_right
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -106,7 +106,7 @@ class PretrainConfig:
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: Literal["benchmark", "description", "listing"] = "benchmark"
+    grounding_think: Literal["benchmark", "description", "listing", "clip_listing"] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
@@ -361,13 +361,19 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             continue
         k = int(np.argmax([(x == t + 1).sum() for x in insts]))
         box = P._r2(world_box_to_camera(scene.objects[t].box, scene.cam2world[frames[k]]))
+        answer = None
         if think == "listing":
             pixels = np.bincount(insts[k].ravel(), minlength=len(scene.objects) + 1)[1:]
             text, _ = frame_listing_think(described[0], k, scene.objects, pixels, t, scene.cam2world[frames[k]], min_px)
+        elif think == "clip_listing":
+            shown = [scene.objects[i] for i in keep]
+            text, box0 = clip_listing_think(described[0], shown, list(keep).index(t), scene.cam2world[frames[0]])
+            answer = [0, box0]
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
-                "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist()}  # fmt: skip
+                "cam2global": scene.cam2global[frames].tolist(), "axis_align_matrix": scene.axis_align.tolist(),
+                "answer": answer}  # fmt: skip
     return None
 
 
@@ -378,7 +384,10 @@ def grounding_sample(sample: Sample, mode: str | None = None) -> Sample:
     text = P.grounding_question(g["description"])
     target = {"task": "grounding", "mode": mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
               "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
-    answer = P.format_answer(P.grounding_answer(g["frame"], g["bbox_3d"]), mode, g.get("think"))
+    frame, box = g.get("answer") or (g["frame"], g["bbox_3d"])  # clip_listing answers Frame-0's box
+    if g.get("answer"):
+        target["answer_bbox_3d"] = box  # the box the answer writes (the answer-box loss reads it)
+    answer = P.format_answer(P.grounding_answer(frame, box), mode, g.get("think"))
     return replace(sample, task="grounding", prompt=P.full_prompt(text, mode), answer=answer, target=target,
                    mode=mode, frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
 
@@ -477,9 +486,9 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
-        if cfg.grounding_think not in ("benchmark", "description", "listing"):
-            raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description' "
-                             "or 'listing'")  # fmt: skip
+        if cfg.grounding_think not in ("benchmark", "description", "listing", "clip_listing"):
+            raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description', "
+                             "'listing' or 'clip_listing'")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):
             raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
         if cfg.attend_at not in ("digits", "box", "first"):

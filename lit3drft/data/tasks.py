@@ -186,30 +186,89 @@ def description_think(rec: Record) -> Record:
     return replace(rec, think=grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc.strip()))
 
 
-def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
-    """``rec`` with ``SourceConfig.think=listing``: a grounding row's think rewritten as ``listing_think``'s detect,
-    then select trace, from its scene's ``scene.json`` (``scene``: objects' world boxes, colours, per-frame camera
-    poses and visible pixels): the objects of at least ``min_px`` pixels in the answered frame, in its camera."""
+def clip_listing_think(description: str, objects: list[SceneObject], target: int, first_c2w: np.ndarray
+                       ) -> tuple[str, list[float]]:  # fmt: skip
+    """Detect in the clip, then select: the referring expression copied, then ``objects`` (those the clip shows) as
+    the clip's *detection answer* (the first frame's camera, left to right, as the detection rows write it),
+    labelled with colour and category, then entry ``target`` restated. Returns the think and the target's box in
+    the first frame's camera: the answer is then ``{"frame": 0, "bbox_3d": that box}``, the same world box as the
+    row's (the metric reads every answer in the world), asked of the policy through the one perception task it
+    does well (clip detection) and copying text.
+
+    Example:
+        >>> from lit3drft.data.scene import SceneObject
+        >>> objs = [SceneObject("chair", "red", [1.0, 0.0, 0.5], [1, 1, 1], 0.0),
+        ...         SceneObject("bed", "blue", [-1.0, 0.0, 0.5], [1, 1, 1], 0.0)]
+        >>> think, box = clip_listing_think("the red chair", objs, 0, np.eye(4))
+        >>> print(think)  # doctest: +NORMALIZE_WHITESPACE
+        The red chair: the clip shows, in Frame-0's camera, [{"label": "blue bed", "bbox_3d": [-1.0, 0.0, 0.5, 1.0,
+        1.0, 1.0, 0.0, 0.0, 0.0]}, {"label": "red chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}].
+        So: {"label": "red chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}
+        >>> box
+        [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    objs, boxes = left_to_right(objects, first_c2w)
+    at = next(n for n, o in enumerate(objs) if o is objects[target])
+    labels = [f"{o.color} {o.category}" for o in objs]
+    shown = P.detection_answer(boxes, labels)
+    chosen = json.dumps({"label": labels[at], "bbox_3d": P._r2(boxes[at])})
+    desc = f"{description[0].upper()}{description[1:]}"
+    return f"{desc}: the clip shows, in Frame-0's camera, {shown}. So: {chosen}", boxes[at]
+
+
+def _row_scene(rec: Record, scene: dict, think: str) -> tuple[str, int, list[int], list[SceneObject], str]:
+    """A grounding row's referring expression, target object, scene frames and ``scene.json``'s objects, checked
+    (``think``: the ``SourceConfig.think`` asking, for the errors)."""
     where = f"{rec.meta.get('file', '?')}: row {rec.id}"
     if rec.task != "grounding":
-        raise BadSampleError(f"{where}: think=listing is for grounding rows, this one is {rec.task}")
+        raise BadSampleError(f"{where}: think={think} is for grounding rows, this one is {rec.task}")
     desc, t, frames = rec.meta.get("description"), rec.meta.get("object_id"), rec.meta.get("frame_indices")
     if not isinstance(desc, str) or not desc.strip() or not isinstance(t, int) or not isinstance(frames, list):
-        raise BadSampleError(f"{where}: think=listing needs the row's metadata.description, object_id and "
+        raise BadSampleError(f"{where}: think={think} needs the row's metadata.description, object_id and "
                              "frame_indices (the embedded benchmark's grounding rows have them)")  # fmt: skip
     k = int(rec.target["frame"])
     objects = [SceneObject(o["category"], o["color"], list(o["bbox_3d"][:3]), list(o["bbox_3d"][3:6]), o["bbox_3d"][6])
                for o in scene["objects"]]  # fmt: skip
     n_frames = len(scene["cam2world"])
-    if not (0 <= k < len(frames) and 0 <= frames[k] < n_frames and 0 <= t < len(objects)):
+    if not (0 <= k < len(frames) and all(0 <= f < n_frames for f in frames) and 0 <= t < len(objects)):
         raise BadSampleError(f"{where}: frame {k} (of {len(frames)}: {frames}) or object {t} is not in "
                              f"{scene.get('name', 'its scene')} ({n_frames} frames, {len(objects)} objects)")  # fmt: skip
-    c2w = np.asarray(scene["cam2world"][frames[k]])
-    think, box = frame_listing_think(desc.strip(), k, objects, scene["visible_pixels"][frames[k]], t, c2w, min_px)
+    return desc.strip(), t, frames, objects, where
+
+
+def _check_target(rec: Record, scene: dict, objects: list[SceneObject], t: int, frames: list[int], where: str):
+    """The row's target box must be object ``t``'s box in the answered frame's camera."""
+    k = int(rec.target["frame"])
+    box = P._r2(world_box_to_camera(objects[t].box, np.asarray(scene["cam2world"][frames[k]])))
     if box != P._r2(rec.target["bbox_3d"]):
         raise BadSampleError(f"{where}: object {t} of {scene.get('name', 'its scene')} in Frame-{k} is not the row's "
                              f"target box ({box} vs {rec.target['bbox_3d']}): the row and scene.json disagree")  # fmt: skip
+
+
+def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
+    """``rec`` with ``SourceConfig.think=listing``: a grounding row's think rewritten as ``listing_think``'s detect,
+    then select trace, from its scene's ``scene.json`` (``scene``: objects' world boxes, colours, per-frame camera
+    poses and visible pixels): the objects of at least ``min_px`` pixels in the answered frame, in its camera."""
+    desc, t, frames, objects, where = _row_scene(rec, scene, "listing")
+    _check_target(rec, scene, objects, t, frames, where)
+    k = int(rec.target["frame"])
+    c2w = np.asarray(scene["cam2world"][frames[k]])
+    think, _ = frame_listing_think(desc, k, objects, scene["visible_pixels"][frames[k]], t, c2w, min_px)
     return replace(rec, think=think)
+
+
+def scene_clip_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
+    """``rec`` with ``SourceConfig.think=clip_listing``: ``clip_listing_think``'s trace (the objects of at least
+    ``min_px`` pixels in some frame of the row's clip, the detection rows' rule, in the first frame's camera) and the
+    answer it leads to, ``{"frame": 0, "bbox_3d": the target in Frame-0's camera}``. ``target`` (what the metric
+    scores) is the row's own."""
+    desc, t, frames, objects, where = _row_scene(rec, scene, "clip_listing")
+    _check_target(rec, scene, objects, t, frames, where)
+    px = np.asarray(scene["visible_pixels"])[frames].max(0)
+    shown = [o for i, o in enumerate(objects) if px[i] >= min_px or i == t]
+    at = next(n for n, o in enumerate(shown) if o is objects[t])
+    think, box = clip_listing_think(desc, shown, at, np.asarray(scene["cam2world"][frames[0]]))
+    return replace(rec, think=think, answer=P.grounding_answer(0, box))
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:

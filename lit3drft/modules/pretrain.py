@@ -127,7 +127,8 @@ class PretrainModule(PolicyModule):
         grounding answer's box in its answered frame's camera)."""
         rows, cols, boxes = [], [], []
         for r, target in enumerate(targets):
-            gt = target.get("boxes") or ([target["bbox_3d"]] if target.get("task") == "grounding" else [])
+            box = target.get("answer_bbox_3d") or target.get("bbox_3d")  # the box a grounding answer writes
+            gt = target.get("boxes") or ([box] if target.get("task") == "grounding" else [])
             for col, k in self._box_states(labels[r], len(gt), self.pretrain_cfg.answer_box_at == "first"):
                 rows.append(r)
                 cols.append(col)

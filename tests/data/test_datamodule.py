@@ -153,6 +153,55 @@ def test_listing_think_lists_the_answered_frames_objects_then_restates_the_targe
         LitDataModule(replace(cfg, root=str(bare), sources=ground)).setup("fit")
 
 
+def test_clip_listing_lists_the_clips_objects_in_frame_0_and_answers_the_same_world_box(cfg):
+    """``data.sources[i].think=clip_listing``: the think lists every scene object the clip shows (at least
+    ``min_visible_pixels`` in one of its frames, as the detection rows), left to right in Frame-0's camera, labelled
+    with colour and category, then restates the target; the answer is ``{"frame": 0, ...}`` with that box, which the
+    grounding metric (reading the row's own target) scores at IoU ~1 and a frame score of ``1 - k / 5``."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from lit3drft.rewards.grounding import grounding_scores
+
+    ground = [replace(src, mode="ta", think="clip_listing") for src in cfg.sources if src.task == "grounding"]
+    dm = LitDataModule(replace(cfg, sources=ground))
+    dm.setup("fit")
+    entries = dm.datasets["train"].entries
+    assert entries
+    for rec, _, _ in entries[:20]:
+        scene = json.loads((Path(cfg.root) / "scenes" / rec.meta["scene_name"] / "scene.json").read_text())
+        frames = rec.meta["frame_indices"]
+        c2w = np.asarray(scene["cam2world"][frames[0]])
+        desc = rec.meta["description"]
+        head, rest = rec.think.split(": the clip shows, in Frame-0's camera, ")
+        assert head == f"{desc[0].upper()}{desc[1:]}"
+        shown, chosen = rest.split(". So: ")
+        listed = json.loads(shown)
+        centres = np.array([o["bbox_3d"][:3] for o in scene["objects"]])
+        found = []
+        for entry in listed:
+            world = c2w[:3, :3] @ np.array(entry["bbox_3d"][:3]) + c2w[:3, 3]
+            i = int(np.linalg.norm(centres - world, axis=1).argmin())
+            assert np.linalg.norm(centres[i] - world) < 0.03
+            assert entry["label"] == f"{scene['objects'][i]['color']} {scene['objects'][i]['category']}"
+            found.append(i)
+        px = np.asarray(scene["visible_pixels"])[frames].max(0)
+        t = rec.meta["object_id"]
+        assert sorted(found) == [i for i in range(len(centres)) if px[i] >= cfg.synth.min_visible_pixels or i == t]
+        xs = [e["bbox_3d"][0] for e in listed]
+        assert xs == sorted(xs)
+        restated = json.loads(chosen)
+        target = scene["objects"][t]
+        assert restated["label"] == f"{target['color']} {target['category']}" and restated in listed
+        assert json.loads(rec.answer) == {"frame": 0, "bbox_3d": restated["bbox_3d"]}
+        frame, iou, parsed = grounding_scores([f"<answer>{rec.answer}</answer>"], [rec.target])
+        assert parsed.item() and iou.item() > 0.9  # both boxes rounded to 2 decimals: small objects lose a few %
+        assert frame.item() == pytest.approx(max(0.0, 1 - rec.target["frame"] / 5))
+    assert dm.datasets["train"][0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
