@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -37,21 +38,28 @@ def _ious(box: list[float], frame: int, target: dict, objs: torch.Tensor) -> tor
     return box3d_iou(p[None].expand(len(objs), -1), objs, paired=True)
 
 
-def _listing(text: str) -> list[tuple[str, list[float]]] | None:
-    """The entries of a listing think's detection list (``... which shows [...]. So:``), or None."""
-    lo, hi = text.find("which shows ["), text.find("]. So:")
-    if lo < 0 or hi < lo:
+def _listing(text: str) -> tuple[int, list[tuple[str, list[float]]]] | None:
+    """The frame and entries of a listing think's detection list (``listing``: ``Frame-k, which shows [...]. So:``;
+    ``clip_listing`` / ``clip_detection``: ``in Frame-0's camera, [...]. So:``), or None. Lenient: every ``{"label": "..", "bbox_3d":
+    [9 numbers]`` between the list's start and ``So:`` (or the think's end) is an entry, whatever JSON around it
+    is broken."""
+    lo = max(text.find("which shows ["), text.find("camera, ["))
+    if lo < 0:
         return None
-    try:
-        items = json.loads(text[lo + len("which shows ") : hi + 1])
-    except ValueError:
-        return None
+    hi = text.find("So:", lo)
+    hi = hi if hi >= 0 else len(text)
+    frame = re.findall(r"Frame-(\d+)", text[:lo])
     out = []
-    for it in items if isinstance(items, list) else []:
-        b = it.get("bbox_3d") if isinstance(it, dict) else None
-        if isinstance(b, list) and len(b) == 9 and all(isinstance(v, (int, float)) for v in b):
-            out.append((str(it.get("label", "")), [float(v) for v in b]))
-    return out
+    entry = r'(?:"color": "([^"]*)", )?"label": "([^"]*)", "bbox_3d": \[([^\]]*)\]'  # clip_detection: a colour key
+    for colour, label, nums in re.findall(entry, text[lo:hi]):
+        label = f"{colour} {label}" if colour else label
+        try:
+            box = [float(v) for v in nums.split(",")]
+        except ValueError:
+            continue
+        if len(box) == 9:
+            out.append((label, box))
+    return (int(frame[-1]) if frame else 0), out
 
 
 def attention_split(policy, samples: list) -> list[dict[str, float]]:
@@ -123,7 +131,8 @@ def main(argv=None) -> int:
     cols: dict[str, list[float]] = {"metric": [], "frame_acc": [], "best_obj_answered_cam": [],
                                     "target_in_target_cam": [], "best_obj_target_cam": [], "n_objects": [],
                                     "listed": [], "listing_oracle": [], "listing_precision": [],
-                                    "listing_recall": [], "listing_label_acc": []}  # fmt: skip
+                                    "listing_recall": [], "listing_label_acc": [],
+                                    "listing_colour_acc": []}  # fmt: skip
     for j, ((i, s), text) in enumerate(zip(flat, texts)):
         if j < 3:
             print(f"clip {i} completion: {text!r}\n  target: {s.answer!r}")
@@ -149,9 +158,10 @@ def main(argv=None) -> int:
         cols["metric"].append(m)
         listing = _listing(text)
         if listing is not None:  # detect, then select: how good is the detection, and would a perfect pick score?
-            truth = _listing(s.meta["grounding"]["think"]) or []  # the listing it was taught: in the target frame
-            vis = {int(_ious(b, int(t["frame"]), t, objs).argmax()) for _, b in truth}
-            li = [(lab, _ious(b, f, t, objs)) for lab, b in listing]
+            lf, listing = listing
+            tf, truth = _listing(s.meta["grounding"]["think"]) or (0, [])  # the listing it was taught
+            vis = {int(_ious(b, tf, t, objs).argmax()) for _, b in truth}
+            li = [(lab, _ious(b, lf, t, objs)) for lab, b in listing]
             cols["listed"].append(len(li))
             cols["listing_oracle"].append(max((float(x[tgt]) for _, x in li), default=0.0))
             hits = [int(x.argmax()) for _, x in li if float(x.max()) >= 0.25]
@@ -161,6 +171,8 @@ def main(argv=None) -> int:
             labs = [lab for lab, x in li if float(x.max()) >= 0.25]
             if cats:
                 cols["listing_label_acc"].append(float(np.mean([c in lab for c, lab in zip(cats, labs)])))
+                colours = [scene.objects[int(x.argmax())].color for _, x in li if float(x.max()) >= 0.25]
+                cols["listing_colour_acc"].append(float(np.mean([lab.startswith(c) for c, lab in zip(colours, labs)])))
         cols["frame_acc"].append(float(f == int(t["frame"])))
         cols["best_obj_answered_cam"].append(float(a.max()))
         cols["target_in_target_cam"].append(float(tt[tgt]))

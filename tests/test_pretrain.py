@@ -541,6 +541,36 @@ def test_the_clip_listing_think_lists_the_clips_detection_then_answers_frame_0(r
     assert module._answer_box_loss(hidden, b["labels"], [s.target]).item() < 1e-6  # the written box, exactly
 
 
+def test_the_clip_detection_think_is_the_clips_detection_answer_with_colour_keys(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=clip_detection``: the think's list is the clip's detection answer entry for entry
+    (labels and boxes equal to the detection clip's own), each with a colour key in front; the restated entry is a
+    copy of the listed target's (colour and category those of the referring expression); the answer is Frame-0's
+    box."""
+    cfg = _cfg(run_overrides, tmp_path, "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta",
+               "pretrain.grounding_think=clip_detection")  # fmt: skip
+    data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 10)
+    plain = PerceptionDataset(replace_model(cfg.pretrain, grounding_share=0.0), cfg.data.synth, cfg.pretrain.seed, 10)
+    checked = 0
+    for i in range(10):
+        s, _ = data[i]
+        if s.task != "grounding":
+            continue
+        det = plain[i][0]
+        think, answer = s.answer.removeprefix("<think>").split("</think>")
+        shown, chosen = think.removeprefix("The clip shows, in Frame-0's camera, ").split(". So: ")
+        entries = json.loads(shown)
+        assert [e["bbox_3d"] for e in entries] == det.target["boxes"]
+        assert [e["label"] for e in entries] == det.target["labels"]  # category only, as the detection answer
+        assert all(list(e) == ["color", "label", "bbox_3d"] for e in entries)
+        restated = json.loads(chosen)
+        noun = s.meta["grounding"]["description"].split(" closest")[0].split(" farthest")[0].removeprefix("the ")
+        assert f"{restated['color']} {restated['label']}" == noun and restated in entries
+        assert json.loads(answer.removeprefix("<answer>").removesuffix("</answer>")) == {
+            "frame": 0, "bbox_3d": restated["bbox_3d"]}  # fmt: skip
+        checked += 1
+    assert checked >= 3
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""

@@ -131,7 +131,7 @@ class SourceConfig:
     mode: Literal["", "da", "ta"] = ""
     """Answer mode of this source's rows in training and evaluation alike; empty: `DataConfig.train_mode` and
     `eval_mode`. E.g. `ta` on grounding alone: its think names the target before the box is written."""
-    think: Literal["", "description", "listing", "clip_listing"] = ""
+    think: Literal["", "description", "listing", "clip_listing", "clip_detection"] = ""
     """Think of this source's TA training answers: empty keeps the rows' own; ``description`` (grounding rows) writes
     the row's referring expression (``metadata.description``) into it instead of the reasoning about which object is
     meant, as the pretraining's ``pretrain.grounding_think=description`` does (``tasks.grounding_think``);
@@ -140,7 +140,9 @@ class SourceConfig:
     detection answer in its camera, then the referred entry restated; ``clip_listing`` (same rows): detect in the
     clip, then select (``tasks.clip_listing_think``): the clip's objects as its detection answer in the first frame's
     camera (labels with colour), the referred entry restated, and the answer rewritten to ``{"frame": 0, ...}``
-    with that box (the same world box; the metric's target is the row's own)."""
+    with that box (the same world box; the metric's target is the row's own); ``clip_detection``: the same with
+    the detection answer's own entries, each with its colour in a key in front (``{"color": "red", "label":
+    "chair", "bbox_3d": ...}``), and no copied expression."""
     media_root: str = ""
     """Directory that image paths (VG-LLM) or `<dataset>/<scene_name>.mp4` (VSI-Bench) are relative to;
     empty means `DataConfig.root` (and `<root>/videos` for VSI-Bench)."""

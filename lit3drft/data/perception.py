@@ -106,7 +106,7 @@ class PretrainConfig:
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: Literal["benchmark", "description", "listing", "clip_listing"] = "benchmark"
+    grounding_think: Literal["benchmark", "description", "listing", "clip_listing", "clip_detection"] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
@@ -365,9 +365,10 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
         if think == "listing":
             pixels = np.bincount(insts[k].ravel(), minlength=len(scene.objects) + 1)[1:]
             text, _ = frame_listing_think(described[0], k, scene.objects, pixels, t, scene.cam2world[frames[k]], min_px)
-        elif think == "clip_listing":
+        elif think in ("clip_listing", "clip_detection"):
             shown = [scene.objects[i] for i in keep]
-            text, box0 = clip_listing_think(described[0], shown, list(keep).index(t), scene.cam2world[frames[0]])
+            text, box0 = clip_listing_think(described[0], shown, list(keep).index(t), scene.cam2world[frames[0]],
+                                            colour_keys=think == "clip_detection")  # fmt: skip
             answer = [0, box0]
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
@@ -486,9 +487,9 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
-        if cfg.grounding_think not in ("benchmark", "description", "listing", "clip_listing"):
+        if cfg.grounding_think not in ("benchmark", "description", "listing", "clip_listing", "clip_detection"):
             raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description', "
-                             "'listing' or 'clip_listing'")  # fmt: skip
+                             "'listing', 'clip_listing' or 'clip_detection'")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):
             raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
         if cfg.attend_at not in ("digits", "box", "first"):

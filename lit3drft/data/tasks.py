@@ -186,14 +186,19 @@ def description_think(rec: Record) -> Record:
     return replace(rec, think=grounding_think("", rec.target["frame"], rec.target["bbox_3d"], desc.strip()))
 
 
-def clip_listing_think(description: str, objects: list[SceneObject], target: int, first_c2w: np.ndarray
-                       ) -> tuple[str, list[float]]:  # fmt: skip
+def clip_listing_think(description: str, objects: list[SceneObject], target: int, first_c2w: np.ndarray,
+                       colour_keys: bool = False) -> tuple[str, list[float]]:  # fmt: skip
     """Detect in the clip, then select: the referring expression copied, then ``objects`` (those the clip shows) as
     the clip's *detection answer* (the first frame's camera, left to right, as the detection rows write it),
     labelled with colour and category, then entry ``target`` restated. Returns the think and the target's box in
     the first frame's camera: the answer is then ``{"frame": 0, "bbox_3d": that box}``, the same world box as the
     row's (the metric reads every answer in the world), asked of the policy through the one perception task it
     does well (clip detection) and copying text.
+
+    ``colour_keys`` (``think=clip_detection``): no copied expression, and each entry is the detection answer's own
+    ``{"label": category, "bbox_3d": ...}`` with the colour in a key of its own in front (``{"color": "red",
+    "label": "chair", ...}``), so that the category slot and the box are token for token a detection answer's and
+    the restated entry is a prefix copy of the listed one.
 
     Example:
         >>> from lit3drft.data.scene import SceneObject
@@ -206,9 +211,18 @@ def clip_listing_think(description: str, objects: list[SceneObject], target: int
         So: {"label": "red chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}
         >>> box
         [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        >>> print(clip_listing_think("the red chair", objs, 0, np.eye(4), colour_keys=True)[0])
+        ... # doctest: +NORMALIZE_WHITESPACE
+        The clip shows, in Frame-0's camera, [{"color": "blue", "label": "bed", "bbox_3d": [-1.0, 0.0, 0.5, 1.0, 1.0,
+        1.0, 0.0, 0.0, 0.0]}, {"color": "red", "label": "chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0,
+        0.0]}]. So: {"color": "red", "label": "chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]}
     """
     objs, boxes = left_to_right(objects, first_c2w)
     at = next(n for n, o in enumerate(objs) if o is objects[target])
+    if colour_keys:
+        entries = [{"color": o.color, "label": o.category, "bbox_3d": P._r2(b)} for o, b in zip(objs, boxes)]
+        shown = json.dumps(entries)
+        return f"The clip shows, in Frame-0's camera, {shown}. So: {json.dumps(entries[at])}", boxes[at]
     labels = [f"{o.color} {o.category}" for o in objs]
     shown = P.detection_answer(boxes, labels)
     chosen = json.dumps({"label": labels[at], "bbox_3d": P._r2(boxes[at])})
@@ -257,17 +271,17 @@ def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
     return replace(rec, think=think)
 
 
-def scene_clip_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
-    """``rec`` with ``SourceConfig.think=clip_listing``: ``clip_listing_think``'s trace (the objects of at least
-    ``min_px`` pixels in some frame of the row's clip, the detection rows' rule, in the first frame's camera) and the
-    answer it leads to, ``{"frame": 0, "bbox_3d": the target in Frame-0's camera}``. ``target`` (what the metric
-    scores) is the row's own."""
-    desc, t, frames, objects, where = _row_scene(rec, scene, "clip_listing")
+def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, colour_keys: bool = False) -> Record:
+    """``rec`` with ``SourceConfig.think=clip_listing`` (``clip_detection``: ``colour_keys``): ``clip_listing_think``'s
+    trace (the objects of at least ``min_px`` pixels in some frame of the row's clip, the detection rows' rule, in
+    the first frame's camera) and the answer it leads to, ``{"frame": 0, "bbox_3d": the target in Frame-0's
+    camera}``. ``target`` (what the metric scores) is the row's own."""
+    desc, t, frames, objects, where = _row_scene(rec, scene, "clip_detection" if colour_keys else "clip_listing")
     _check_target(rec, scene, objects, t, frames, where)
     px = np.asarray(scene["visible_pixels"])[frames].max(0)
     shown = [o for i, o in enumerate(objects) if px[i] >= min_px or i == t]
     at = next(n for n, o in enumerate(shown) if o is objects[t])
-    think, box = clip_listing_think(desc, shown, at, np.asarray(scene["cam2world"][frames[0]]))
+    think, box = clip_listing_think(desc, shown, at, np.asarray(scene["cam2world"][frames[0]]), colour_keys)
     return replace(rec, think=think, answer=P.grounding_answer(0, box))
 
 

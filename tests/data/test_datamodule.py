@@ -202,6 +202,26 @@ def test_clip_listing_lists_the_clips_objects_in_frame_0_and_answers_the_same_wo
     assert dm.datasets["train"][0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
 
 
+def test_clip_detection_lists_the_clips_objects_with_colour_keys(cfg):
+    """``data.sources[i].think=clip_detection``: the clip_listing rows' objects, boxes and answer, each entry written
+    ``{"color", "label" (category), "bbox_3d"}`` and no copied expression."""
+    import json
+
+    def rows(think):
+        ground = [replace(src, mode="ta", think=think) for src in cfg.sources if src.task == "grounding"]
+        dm = LitDataModule(replace(cfg, sources=ground))
+        dm.setup("fit")
+        return [r for r, _, _ in dm.datasets["train"].entries[:20]]
+
+    for a, b in zip(rows("clip_listing"), rows("clip_detection")):
+        assert a.answer == b.answer and a.target == b.target
+        listed_a = json.loads(a.think.split("camera, ")[1].split(". So: ")[0])
+        assert b.think.startswith("The clip shows, in Frame-0's camera, [")
+        listed_b = json.loads(b.think.removeprefix("The clip shows, in Frame-0's camera, ").split(". So: ")[0])
+        assert [{"label": f"{e['color']} {e['label']}", "bbox_3d": e["bbox_3d"]} for e in listed_b] == listed_a
+        assert json.loads(b.think.split(". So: ")[1]) in listed_b
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
