@@ -488,6 +488,16 @@ def test_the_listing_think_detects_the_answered_frame_then_restates_the_target(r
     assert {k for _, k in states} == {0} and len(states) >= 9
 
 
+def _with_detection(cfg, data: PerceptionDataset, n: int = 10):
+    """``(grounding sample, the same clip asked for detection)`` for the grounding clips among ``data``'s first
+    ``n``."""
+    plain = PerceptionDataset(replace_model(cfg.pretrain, grounding_share=0.0), cfg.data.synth, cfg.pretrain.seed, n)
+    for i in range(n):
+        s, _ = data[i]
+        if s.task == "grounding":
+            yield s, plain[i][0]
+
+
 def test_the_clip_listing_think_lists_the_clips_detection_then_answers_frame_0(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_think=clip_listing``: the think copies the expression, then lists the clip's detection
     answer (the detection clip's own boxes, in Frame-0's camera and order, labels with colour), then restates the
@@ -499,13 +509,8 @@ def test_the_clip_listing_think_lists_the_clips_detection_then_answers_frame_0(r
     cfg = _cfg(run_overrides, tmp_path, "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta",
                "pretrain.grounding_think=clip_listing", "pretrain.answer_box_weight=1.0")  # fmt: skip
     data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 10)
-    plain = PerceptionDataset(replace_model(cfg.pretrain, grounding_share=0.0), cfg.data.synth, cfg.pretrain.seed, 10)
     checked = 0
-    for i in range(10):
-        s, _ = data[i]
-        if s.task != "grounding":
-            continue
-        det = plain[i][0]  # the same clip asked for detection
+    for s, det in _with_detection(cfg, data):
         g = s.meta["grounding"]
         think, answer = s.answer.removeprefix("<think>").split("</think>")
         desc = g["description"]
@@ -549,13 +554,8 @@ def test_the_clip_detection_think_is_the_clips_detection_answer_with_colour_keys
     cfg = _cfg(run_overrides, tmp_path, "pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta",
                "pretrain.grounding_think=clip_detection")  # fmt: skip
     data = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed, 10)
-    plain = PerceptionDataset(replace_model(cfg.pretrain, grounding_share=0.0), cfg.data.synth, cfg.pretrain.seed, 10)
     checked = 0
-    for i in range(10):
-        s, _ = data[i]
-        if s.task != "grounding":
-            continue
-        det = plain[i][0]
+    for s, det in _with_detection(cfg, data):
         think, answer = s.answer.removeprefix("<think>").split("</think>")
         shown, chosen = think.removeprefix("The clip shows, in Frame-0's camera, ").split(". So: ")
         entries = json.loads(shown)

@@ -109,6 +109,30 @@ def test_description_think_copies_the_rows_referring_expression(cfg, tmp_path):
         LitDataModule(replace(cfg, sources=[src])).setup("fit")
 
 
+def _grounding_train(cfg, think: str):
+    """The training dataset of ``cfg``'s benchmark grounding rows, TA, with ``SourceConfig.think=think``."""
+    ground = [replace(src, mode="ta", think=think) for src in cfg.sources if src.task == "grounding"]
+    dm = LitDataModule(replace(cfg, sources=ground))
+    dm.setup("fit")
+    return dm.datasets["train"]
+
+
+def _listed_objects(scene: dict, c2w, listed: list[dict]) -> list[int]:
+    """The scene object each listed entry boxes (its centre taken back to the world by ``c2w`` within 3 cm, its
+    label the object's colour and category)."""
+    import numpy as np
+
+    centres = np.array([o["bbox_3d"][:3] for o in scene["objects"]])
+    found = []
+    for entry in listed:
+        world = c2w[:3, :3] @ np.array(entry["bbox_3d"][:3]) + c2w[:3, 3]
+        i = int(np.linalg.norm(centres - world, axis=1).argmin())
+        assert np.linalg.norm(centres[i] - world) < 0.03
+        assert entry["label"] == f"{scene['objects'][i]['color']} {scene['objects'][i]['category']}"
+        found.append(i)
+    return found
+
+
 def test_listing_think_lists_the_answered_frames_objects_then_restates_the_target(cfg, tmp_path):
     """``data.sources[i].think=listing``: a grounding TA answer's think copies the expression and the answered frame,
     lists objects of the row's scene as a detection answer in that frame's camera (each listed centre, taken back to
@@ -122,9 +146,8 @@ def test_listing_think_lists_the_answered_frames_objects_then_restates_the_targe
     import numpy as np
 
     ground = [replace(src, mode="ta", think="listing") for src in cfg.sources if src.task == "grounding"]
-    dm = LitDataModule(replace(cfg, sources=ground))
-    dm.setup("fit")
-    entries = dm.datasets["train"].entries
+    train = _grounding_train(cfg, "listing")
+    entries = train.entries
     assert entries
     for rec, _, _ in entries[:20]:
         scene = json.loads((Path(cfg.root) / "scenes" / rec.meta["scene_name"] / "scene.json").read_text())
@@ -135,18 +158,12 @@ def test_listing_think_lists_the_answered_frames_objects_then_restates_the_targe
         assert head == f"{desc[0].upper()}{desc[1:]} looks largest in Frame-{k}"
         shown, chosen = rest.split(". So: ")
         listed = json.loads(shown)
-        centres = np.array([o["bbox_3d"][:3] for o in scene["objects"]])
-        for entry in listed:
-            world = c2w[:3, :3] @ np.array(entry["bbox_3d"][:3]) + c2w[:3, 3]
-            i = int(np.linalg.norm(centres - world, axis=1).argmin())
-            assert np.linalg.norm(centres[i] - world) < 0.03
-            assert entry["label"] == f"{scene['objects'][i]['color']} {scene['objects'][i]['category']}"
+        _listed_objects(scene, c2w, listed)
         target = scene["objects"][rec.meta["object_id"]]
         restated = json.loads(chosen)
         assert restated == {"label": f"{target['color']} {target['category']}", "bbox_3d": rec.target["bbox_3d"]}
         assert restated in listed and f"the {restated['label']}" in desc
-    assert dm.datasets["train"][0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
-
+    assert train[0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
     bare = tmp_path / "bare"  # the frames, without the scenes' annotations
     shutil.copytree(cfg.root, bare, ignore=shutil.ignore_patterns("scene.json"))
     with pytest.raises(BadSampleError, match=r"think=listing.*scenes/.*scene\.json"):
@@ -165,10 +182,8 @@ def test_clip_listing_lists_the_clips_objects_in_frame_0_and_answers_the_same_wo
 
     from lit3drft.rewards.grounding import grounding_scores
 
-    ground = [replace(src, mode="ta", think="clip_listing") for src in cfg.sources if src.task == "grounding"]
-    dm = LitDataModule(replace(cfg, sources=ground))
-    dm.setup("fit")
-    entries = dm.datasets["train"].entries
+    train = _grounding_train(cfg, "clip_listing")
+    entries = train.entries
     assert entries
     for rec, _, _ in entries[:20]:
         scene = json.loads((Path(cfg.root) / "scenes" / rec.meta["scene_name"] / "scene.json").read_text())
@@ -179,17 +194,12 @@ def test_clip_listing_lists_the_clips_objects_in_frame_0_and_answers_the_same_wo
         assert head == f"{desc[0].upper()}{desc[1:]}"
         shown, chosen = rest.split(". So: ")
         listed = json.loads(shown)
-        centres = np.array([o["bbox_3d"][:3] for o in scene["objects"]])
-        found = []
-        for entry in listed:
-            world = c2w[:3, :3] @ np.array(entry["bbox_3d"][:3]) + c2w[:3, 3]
-            i = int(np.linalg.norm(centres - world, axis=1).argmin())
-            assert np.linalg.norm(centres[i] - world) < 0.03
-            assert entry["label"] == f"{scene['objects'][i]['color']} {scene['objects'][i]['category']}"
-            found.append(i)
+        found = _listed_objects(scene, c2w, listed)
         px = np.asarray(scene["visible_pixels"])[frames].max(0)
         t = rec.meta["object_id"]
-        assert sorted(found) == [i for i in range(len(centres)) if px[i] >= cfg.synth.min_visible_pixels or i == t]
+        assert sorted(found) == [
+            i for i in range(len(scene["objects"])) if px[i] >= cfg.synth.min_visible_pixels or i == t
+        ]
         xs = [e["bbox_3d"][0] for e in listed]
         assert xs == sorted(xs)
         restated = json.loads(chosen)
@@ -199,7 +209,7 @@ def test_clip_listing_lists_the_clips_objects_in_frame_0_and_answers_the_same_wo
         frame, iou, parsed = grounding_scores([f"<answer>{rec.answer}</answer>"], [rec.target])
         assert parsed.item() and iou.item() > 0.9  # both boxes rounded to 2 decimals: small objects lose a few %
         assert frame.item() == pytest.approx(max(0.0, 1 - rec.target["frame"] / 5))
-    assert dm.datasets["train"][0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
+    assert train[0].answer.endswith(f"</think><answer>{entries[0][0].answer}</answer>")
 
 
 def test_clip_detection_lists_the_clips_objects_with_colour_keys(cfg):
@@ -207,13 +217,10 @@ def test_clip_detection_lists_the_clips_objects_with_colour_keys(cfg):
     ``{"color", "label" (category), "bbox_3d"}`` and no copied expression."""
     import json
 
-    def rows(think):
-        ground = [replace(src, mode="ta", think=think) for src in cfg.sources if src.task == "grounding"]
-        dm = LitDataModule(replace(cfg, sources=ground))
-        dm.setup("fit")
-        return [r for r, _, _ in dm.datasets["train"].entries[:20]]
-
-    for a, b in zip(rows("clip_listing"), rows("clip_detection")):
+    pairs = zip(
+        _grounding_train(cfg, "clip_listing").entries[:20], _grounding_train(cfg, "clip_detection").entries[:20]
+    )
+    for (a, _, _), (b, _, _) in pairs:
         assert a.answer == b.answer and a.target == b.target
         listed_a = json.loads(a.think.split("camera, ")[1].split(". So: ")[0])
         assert b.think.startswith("The clip shows, in Frame-0's camera, [")
