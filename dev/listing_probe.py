@@ -5,12 +5,14 @@
   ``pretrain.grounding_think=listing`` (``experiments/pretrain_tiny.yaml``, level 3, the base's tokenizer);
 - the benchmark's grounding rows of every split rebuilt with ``data.sources[1].think=THINK`` (``--think``,
   ``listing`` or ``clip_listing``): how many, that none fails (both check that the row's target box is the scene
-  object's), and their answers' length in tokens (think included).
+  object's), and their answers' length in tokens (think included); for ``clip_listing``, how often the
+  target's label (colour and category, or category alone) is unique among the listed entries.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -41,6 +43,13 @@ def main(argv=None) -> int:
         n = [len(tok(f"<think>{r.think}</think><answer>{r.answer}</answer>")["input_ids"]) for r in rows]
         print(f"benchmark {split}: {len(rows)} grounding rows with a {args.think} think; answer tokens mean "
               f"{np.mean(n):.0f}, p90 {np.percentile(n, 90):.0f}, max {max(n)}")  # fmt: skip
+        if args.think == "clip_listing":  # how often does the label alone pick the target out of the listing?
+            lists = [(json.loads(r.think.split("camera, ")[1].split(". So: ")[0]), json.loads(r.think.split(". So: ")[1]))
+                     for r in rows]  # fmt: skip
+            both = np.mean([[e["label"] for e in li].count(t["label"]) == 1 for li, t in lists])
+            cat = np.mean([[e["label"].split(" ", 1)[1] for e in li].count(t["label"].split(" ", 1)[1]) == 1
+                           for li, t in lists])  # fmt: skip
+            print(f"  target unique among the listed by colour and category {both:.3f}, by category alone {cat:.3f}")
     return 0
 
 
