@@ -6,7 +6,8 @@ and for each completion whose think holds a listing (``think=listing``'s ``... w
 ``clip_listing``'s ``... camera, [...]. So:``): the listed entries read in the frame the think names (Frame-0 for
 ``clip_listing``), the best listed box's world IoU with the target (``oracle``: what a perfect selection would
 score), the IoU of the restated entry (``restated``: the selection made), of the answer (the metric), whether the
-answer copies the restated entry's box, and the entries' count. Prints per-row lines and the means.
+answer copies the restated entry's box, whether it copies any listed entry's box (``copies_listed``; ``clip_select``
+writes no restated entry: its answer is the selection), and the entries' count. Prints per-row lines and the means.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
         preds[row["id"]] = row["completion"]
     dm = build_datamodule(cfg, None, None)
     rows = [r for r, _, _ in dm.split_entries(args.split) if r.task == "grounding"]
-    cols: dict[str, list[float]] = {"oracle": [], "restated": [], "answer": [], "copies": [], "listed": []}
+    cols: dict[str, list[float]] = {"oracle": [], "restated": [], "answer": [], "copies": [], "copies_listed": [],
+                                    "listed": []}  # fmt: skip
     found = 0
     for rec in rows:
         text = next((v for k, v in preds.items() if k == rec.id or k.startswith(f"{rec.id}")), None)
@@ -97,11 +99,12 @@ def main(argv=None) -> int:
         ious = [_iou(_box(e), frame, t, gt) for e in entries]
         r_iou = _iou(_box(chosen), frame, t, gt) if chosen else 0.0
         copies = float(bool(ans and chosen and ans[1] == _box(chosen) and ans[0] == frame))
+        copies_listed = float(bool(ans and ans[0] == frame and any(ans[1] == _box(e) for e in entries)))
         for k, v in (("oracle", max(ious, default=0.0)), ("restated", r_iou), ("answer", a_iou), ("copies", copies),
-                     ("listed", len(entries))):  # fmt: skip
+                     ("copies_listed", copies_listed), ("listed", len(entries))):  # fmt: skip
             cols[k].append(v)
         print(f"{rec.id}: {rec.meta.get('description')!r}: {len(entries)} listed, oracle {cols['oracle'][-1]:.2f}, "
-              f"restated {r_iou:.2f}, answer {a_iou:.2f}, copies {bool(copies)}")  # fmt: skip
+              f"restated {r_iou:.2f}, answer {a_iou:.2f}, copies {bool(copies)}, copies a listed box {bool(copies_listed)}")  # fmt: skip
     out = {k: round(float(np.mean(v)), 4) if v else None for k, v in cols.items()}
     out["oracle_acc25"] = round(float(np.mean(np.array(cols["oracle"]) >= 0.25)), 4) if cols["oracle"] else 0.0
     out["restated_acc25"] = round(float(np.mean(np.array(cols["restated"]) >= 0.25)), 4) if cols["restated"] else 0.0

@@ -571,6 +571,49 @@ def test_the_clip_detection_think_is_the_clips_detection_answer_with_colour_keys
     assert checked >= 3
 
 
+def test_the_clip_select_think_answers_the_listed_entry_itself(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=clip_select``: clip_detection's clips and list without the restated entry; the
+    answer is the referred entry (a prefix copy of the listed one) with ``"frame": 0`` last, scored against the
+    clip's own target as clip_detection's answer is; the answer-box loss reads its box."""
+    from lit3drft.rewards.grounding import grounding_scores
+
+    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta", "pretrain.answer_box_weight=1.0")
+    cfgs = [
+        _cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in ("clip_detection", "clip_select")
+    ]
+    det, sel = (PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 10) for c in cfgs)
+    checked = 0
+    for i in range(10):
+        a, b = det[i][0], sel[i][0]
+        if a.task != "grounding":
+            continue
+        think_a, answer_a = a.answer.removeprefix("<think>").split("</think>")
+        listed, restated = think_a.split(". So: ")
+        think_b, answer_b = b.answer.removeprefix("<think>").split("</think>")
+        assert think_b == f"{listed}." and b.target == a.target
+        body = answer_b.removeprefix("<answer>").removesuffix("</answer>")
+        assert body.removesuffix(', "frame": 0}') + "}" == restated and restated in listed
+        scores = grounding_scores([answer_a, answer_b], [a.target, b.target])
+        assert all(torch.equal(x[0], x[1]) for x in scores) and scores[2].all()
+        checked += 1
+    assert checked >= 3
+    policy = build_policy(cfgs[1].model)
+    module = PretrainModule(pretrain_cfg=cfgs[1].pretrain, policy=policy, stage=cfgs[1].stages[0],
+                            reward_cfg=cfgs[1].reward, eval_cfg=cfgs[1].eval, detection_classes=[])  # fmt: skip
+    s, dense = next(x for x in (sel[i] for i in range(10)) if x[0].task == "grounding")
+    b = policy.to_device(collate_perception([(s, dense)], policy)["inputs"])
+    states = module._box_states(b["labels"][0], 1, False)
+    written = policy.tokenizer.decode([b["labels"][0, j + 1].item() for j, _ in states])
+    assert written.strip().removeprefix("[") == json.dumps(s.target["answer_bbox_3d"])[1:-1]  # none of the list's
+    width = policy.hf_model.config.text_config.hidden_size
+    module.heads["answer"] = torch.nn.Linear(width, 6)
+    with torch.no_grad():
+        module.heads["answer"].weight.zero_()
+        module.heads["answer"].bias.copy_(torch.tensor(s.target["answer_bbox_3d"][:6]))
+    hidden = torch.zeros(*b["labels"].shape, width)
+    assert module._answer_box_loss(hidden, b["labels"], [s.target]).item() < 1e-6
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""

@@ -176,7 +176,7 @@ class LitDataModule(L.LightningDataModule):
         if name not in self._scenes:
             path = Path(self.cfg.root) / "scenes" / name / "scene.json"
             if not name or not path.is_file():
-                raise BadSampleError(f"{rec.meta.get('file', '?')}: row {rec.id}: think=listing, clip_listing or clip_detection reads the scene's "
+                raise BadSampleError(f"{rec.meta.get('file', '?')}: row {rec.id}: think=listing or clip_* reads the scene's "
                                      f"objects from {path}, which does not exist (the embedded benchmark has one "
                                      "per scene; other data cannot use these thinks)")  # fmt: skip
             self._scenes[name] = json.loads(path.read_text())
@@ -196,9 +196,9 @@ class LitDataModule(L.LightningDataModule):
                 recs = [description_think(r) for r in recs]
             elif src.think == "listing":
                 recs = [scene_listing_think(r, self._scene(r), cfg.synth.min_visible_pixels) for r in recs]
-            elif src.think in ("clip_listing", "clip_detection"):
-                keys = src.think == "clip_detection"
-                recs = [scene_clip_listing_think(r, self._scene(r), cfg.synth.min_visible_pixels, keys) for r in recs]
+            elif src.think in ("clip_listing", "clip_detection", "clip_select"):
+                px = cfg.synth.min_visible_pixels
+                recs = [scene_clip_listing_think(r, self._scene(r), px, src.think) for r in recs]
             if split != "train":
                 # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
                 # is scored on the same samples

@@ -39,7 +39,14 @@ from lit3drft.data.render import render_frame, scene_parts
 from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
-from lit3drft.data.tasks import clip_listing_think, describe, frame_listing_think, grounding_think, left_to_right
+from lit3drft.data.tasks import (
+    clip_listing_think,
+    clip_select_think,
+    describe,
+    frame_listing_think,
+    grounding_think,
+    left_to_right,
+)
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
 CELL = 28
@@ -106,14 +113,18 @@ class PretrainConfig:
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: Literal["benchmark", "description", "listing", "clip_listing", "clip_detection"] = "benchmark"
+    grounding_think: Literal["benchmark", "description", "listing", "clip_listing", "clip_detection", "clip_select"] = (
+        "benchmark"
+    )
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
     1.67 m in front of the camera."), every token of which but the last numbers is a copy of the question, or
     ``listing`` (``tasks.listing_think``): detect, then select: the copied expression and frame, every object that
     frame shows as a detection answer in its camera (labels with colour), then the referred entry restated, whose
-    box the answer copies."""
+    box the answer copies; ``clip_listing``, ``clip_detection`` and ``clip_select``: the clip's objects as its
+    detection answer in the first frame's camera, answered with ``"frame": 0`` (``data.sources[i].think``'s rows
+    of the same names; ``tasks.clip_listing_think``, ``tasks.clip_select_think``)."""
     pointer_weight: float = 0.0
     """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
     the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
@@ -370,6 +381,10 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             text, box0 = clip_listing_think(described[0], shown, list(keep).index(t), scene.cam2world[frames[0]],
                                             colour_keys=think == "clip_detection")  # fmt: skip
             answer = [0, box0]
+        elif think == "clip_select":
+            shown = [scene.objects[i] for i in keep]
+            text, answer_text, box0 = clip_select_think(shown, list(keep).index(t), scene.cam2world[frames[0]])
+            answer = [0, box0, answer_text]
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
@@ -385,10 +400,11 @@ def grounding_sample(sample: Sample, mode: str | None = None) -> Sample:
     text = P.grounding_question(g["description"])
     target = {"task": "grounding", "mode": mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
               "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
-    frame, box = g.get("answer") or (g["frame"], g["bbox_3d"])  # clip_listing answers Frame-0's box
+    frame, box, *written = g.get("answer") or (g["frame"], g["bbox_3d"])  # clip_listing answers Frame-0's box
     if g.get("answer"):
         target["answer_bbox_3d"] = box  # the box the answer writes (the answer-box loss reads it)
-    answer = P.format_answer(P.grounding_answer(frame, box), mode, g.get("think"))
+    body = written[0] if written else P.grounding_answer(frame, box)  # clip_select: the listed entry with its frame
+    answer = P.format_answer(body, mode, g.get("think"))
     return replace(sample, task="grounding", prompt=P.full_prompt(text, mode), answer=answer, target=target,
                    mode=mode, frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
 
@@ -487,7 +503,14 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
-        if cfg.grounding_think not in ("benchmark", "description", "listing", "clip_listing", "clip_detection"):
+        if cfg.grounding_think not in (
+            "benchmark",
+            "description",
+            "listing",
+            "clip_listing",
+            "clip_detection",
+            "clip_select",
+        ):
             raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description', "
                              "'listing', 'clip_listing' or 'clip_detection'")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):

@@ -220,14 +220,47 @@ def clip_listing_think(description: str, objects: list[SceneObject], target: int
     objs, boxes = left_to_right(objects, first_c2w)
     at = next(n for n, o in enumerate(objs) if o is objects[target])
     if colour_keys:
-        entries = [{"color": o.color, "label": o.category, "bbox_3d": P._r2(b)} for o, b in zip(objs, boxes)]
-        shown = json.dumps(entries)
-        return f"The clip shows, in Frame-0's camera, {shown}. So: {json.dumps(entries[at])}", boxes[at]
+        entries = _colour_entries(objs, boxes)
+        return f"{_CLIP_SHOWS}{json.dumps(entries)}. So: {json.dumps(entries[at])}", boxes[at]
     labels = [f"{o.color} {o.category}" for o in objs]
     shown = P.detection_answer(boxes, labels)
     chosen = json.dumps({"label": labels[at], "bbox_3d": P._r2(boxes[at])})
     desc = f"{description[0].upper()}{description[1:]}"
     return f"{desc}: the clip shows, in Frame-0's camera, {shown}. So: {chosen}", boxes[at]
+
+
+_CLIP_SHOWS = "The clip shows, in Frame-0's camera, "
+
+
+def _colour_entries(objs: list[SceneObject], boxes: list[list[float]]) -> list[dict]:
+    """Detection-answer entries ``{"color", "label": category, "bbox_3d"}`` (boxes rounded as the answers write them)."""
+    return [{"color": o.color, "label": o.category, "bbox_3d": P._r2(b)} for o, b in zip(objs, boxes)]
+
+
+def clip_select_think(objects: list[SceneObject], target: int, first_c2w: np.ndarray) -> tuple[str, str, list[float]]:
+    """``think=clip_select``: ``clip_listing_think(colour_keys=True)``'s list of the clip's objects without the
+    restated entry; the *answer* is the referred entry itself, copied from the list, with the answered frame as a
+    last key (``{"color": .., "label": .., "bbox_3d": .., "frame": 0}``: ``parse_grounding`` reads ``frame`` and
+    ``bbox_3d`` and ignores the rest), so selecting and copying happen once, token for token a prefix of the
+    listed entry. Returns the think, the answer and the target's box in the first frame's camera (the same world
+    box as the row's).
+
+    Example:
+        >>> from lit3drft.data.scene import SceneObject
+        >>> objs = [SceneObject("chair", "red", [1.0, 0.0, 0.5], [1, 1, 1], 0.0),
+        ...         SceneObject("bed", "blue", [-1.0, 0.0, 0.5], [1, 1, 1], 0.0)]
+        >>> think, answer, box = clip_select_think(objs, 0, np.eye(4))
+        >>> print(think)  # doctest: +NORMALIZE_WHITESPACE
+        The clip shows, in Frame-0's camera, [{"color": "blue", "label": "bed", "bbox_3d": [-1.0, 0.0, 0.5, 1.0, 1.0,
+        1.0, 0.0, 0.0, 0.0]}, {"color": "red", "label": "chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0,
+        0.0]}].
+        >>> print(answer)
+        {"color": "red", "label": "chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], "frame": 0}
+    """
+    objs, boxes = left_to_right(objects, first_c2w)
+    at = next(n for n, o in enumerate(objs) if o is objects[target])
+    entries = _colour_entries(objs, boxes)
+    return f"{_CLIP_SHOWS}{json.dumps(entries)}.", json.dumps({**entries[at], "frame": 0}), boxes[at]
 
 
 def _row_scene(rec: Record, scene: dict, think: str) -> tuple[str, int, list[int], list[SceneObject], str]:
@@ -271,18 +304,25 @@ def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
     return replace(rec, think=think)
 
 
-def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, colour_keys: bool = False) -> Record:
-    """``rec`` with ``SourceConfig.think=clip_listing`` (``clip_detection``: ``colour_keys``): ``clip_listing_think``'s
-    trace (the objects of at least ``min_px`` pixels in some frame of the row's clip, the detection rows' rule, in
-    the first frame's camera) and the answer it leads to, ``{"frame": 0, "bbox_3d": the target in Frame-0's
-    camera}``. ``target`` (what the metric scores) is the row's own."""
-    desc, t, frames, objects, where = _row_scene(rec, scene, "clip_detection" if colour_keys else "clip_listing")
+def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, think: str = "clip_listing") -> Record:
+    """``rec`` with ``SourceConfig.think=clip_listing``, ``clip_detection`` or ``clip_select`` (``think``):
+    ``clip_listing_think``'s trace (``clip_select_think``'s) of the objects of at least ``min_px`` pixels in some frame
+    of the row's clip (the detection rows' rule), in the first frame's camera, and the answer it leads to, the
+    target's box in Frame-0's camera (``{"frame": 0, "bbox_3d": ..}``; ``clip_select``: the listed entry with
+    ``"frame": 0``). ``target`` (what the metric scores) is the row's own."""
+    if think not in ("clip_listing", "clip_detection", "clip_select"):
+        raise ValueError(f"think={think!r}: expected 'clip_listing', 'clip_detection' or 'clip_select'")
+    desc, t, frames, objects, where = _row_scene(rec, scene, think)
     _check_target(rec, scene, objects, t, frames, where)
     px = np.asarray(scene["visible_pixels"])[frames].max(0)
     shown = [o for i, o in enumerate(objects) if px[i] >= min_px or i == t]
     at = next(n for n, o in enumerate(shown) if o is objects[t])
-    think, box = clip_listing_think(desc, shown, at, np.asarray(scene["cam2world"][frames[0]]), colour_keys)
-    return replace(rec, think=think, answer=P.grounding_answer(0, box))
+    c2w = np.asarray(scene["cam2world"][frames[0]])
+    if think == "clip_select":
+        text, answer, _ = clip_select_think(shown, at, c2w)
+        return replace(rec, think=text, answer=answer)
+    text, box = clip_listing_think(desc, shown, at, c2w, think == "clip_detection")
+    return replace(rec, think=text, answer=P.grounding_answer(0, box))
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:

@@ -229,6 +229,32 @@ def test_clip_detection_lists_the_clips_objects_with_colour_keys(cfg):
         assert json.loads(b.think.split(". So: ")[1]) in listed_b
 
 
+def test_clip_select_answers_the_listed_entry_itself(cfg):
+    """``data.sources[i].think=clip_select``: clip_detection's list without the restated entry; the answer is the
+    referred entry, a prefix copy of the listed one, with ``"frame": 0`` last, and the grounding metric (reading
+    the row's own target) scores it as clip_detection's ``{"frame": 0, "bbox_3d": ..}``."""
+    import json
+
+    import torch
+
+    from lit3drft.rewards.grounding import grounding_scores
+
+    selected = _grounding_train(cfg, "clip_select")
+    pairs = zip(_grounding_train(cfg, "clip_detection").entries[:20], selected.entries[:20])
+    for (a, _, _), (b, _, _) in pairs:
+        listed, restated = a.think.split(". So: ")
+        assert b.think == f"{listed}." and b.target == a.target
+        entry = json.loads(restated)
+        assert b.answer == json.dumps({**entry, "frame": 0})
+        assert b.answer.removesuffix(', "frame": 0}') + "}" == restated and restated in listed  # a prefix copy
+        rows = [f"<answer>{r.answer}</answer>" for r in (a, b)]
+        scores = grounding_scores(rows, [a.target, b.target])
+        assert all(torch.equal(s[0], s[1]) for s in scores)
+        assert scores[2].all() and (scores[1] > 0.9).all()
+    assert selected[0].answer.startswith("<think>The clip shows, in Frame-0's camera, [")
+    assert selected[0].answer.endswith(', "frame": 0}</answer>')
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
