@@ -614,6 +614,28 @@ def test_the_clip_select_think_answers_the_listed_entry_itself(run_overrides, tm
     assert module._answer_box_loss(hidden, b["labels"], [s.target]).item() < 1e-6
 
 
+def test_the_clip_entry_think_copies_the_expression_and_answers_clip_selects_entry(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=clip_entry``: the same clips and answers as clip_select, the think the referring
+    expression copied (no listing)."""
+    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta")
+    sel, entry = (
+        PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 8)
+        for c in (
+            _cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in ("clip_select", "clip_entry")
+        )
+    )
+    checked = 0
+    for i in range(8):
+        a, b = sel[i][0], entry[i][0]
+        if a.task != "grounding":
+            continue
+        desc = b.meta["grounding"]["description"]
+        assert b.answer == f"<think>{desc[0].upper()}{desc[1:]}.</think>" + a.answer.split("</think>")[1]
+        assert b.target == a.target
+        checked += 1
+    assert checked >= 3
+
+
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_share``: grounding batches go through the training step and validation logs the
     held-out clips' grounding figures."""

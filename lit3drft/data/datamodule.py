@@ -24,7 +24,13 @@ from lit3drft.data.readers import read_records
 from lit3drft.data.records import BadSampleError, Record, SkipCounter
 from lit3drft.data.sample import TASKS, Sample
 from lit3drft.data.synth import FORMAT_VERSION, generate, rerender_command
-from lit3drft.data.tasks import DATASET, description_think, scene_clip_listing_think, scene_listing_think
+from lit3drft.data.tasks import (
+    CLIP_THINKS,
+    DATASET,
+    description_think,
+    scene_clip_listing_think,
+    scene_listing_think,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +202,7 @@ class LitDataModule(L.LightningDataModule):
                 recs = [description_think(r) for r in recs]
             elif src.think == "listing":
                 recs = [scene_listing_think(r, self._scene(r), cfg.synth.min_visible_pixels) for r in recs]
-            elif src.think in ("clip_listing", "clip_detection", "clip_select"):
+            elif src.think in CLIP_THINKS:
                 px = cfg.synth.min_visible_pixels
                 recs = [scene_clip_listing_think(r, self._scene(r), px, src.think) for r in recs]
             if split != "train":

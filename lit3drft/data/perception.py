@@ -40,6 +40,8 @@ from lit3drft.data.sample import Sample
 from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
 from lit3drft.data.tasks import (
+    CLIP_THINKS,
+    clip_entry_think,
     clip_listing_think,
     clip_select_think,
     describe,
@@ -113,9 +115,9 @@ class PretrainConfig:
     the think the benchmark's own grounding trace (``tasks.grounding_think``: which object is meant, by category,
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
-    grounding_think: Literal["benchmark", "description", "listing", "clip_listing", "clip_detection", "clip_select"] = (
-        "benchmark"
-    )
+    grounding_think: Literal[
+        "benchmark", "description", "listing", "clip_listing", "clip_detection", "clip_select", "clip_entry"
+    ] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
     expression copied, then the frame and depth ("The grey bed closest to the grey cabinet looks largest in Frame-3,
@@ -124,7 +126,8 @@ class PretrainConfig:
     frame shows as a detection answer in its camera (labels with colour), then the referred entry restated, whose
     box the answer copies; ``clip_listing``, ``clip_detection`` and ``clip_select``: the clip's objects as its
     detection answer in the first frame's camera, answered with ``"frame": 0`` (``data.sources[i].think``'s rows
-    of the same names; ``tasks.clip_listing_think``, ``tasks.clip_select_think``)."""
+    of the same names; ``tasks.clip_listing_think``, ``tasks.clip_select_think``); ``clip_entry``: no listing, the
+    answer the referred object's own entry in that camera (``tasks.clip_entry_think``)."""
     pointer_weight: float = 0.0
     """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
     the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
@@ -385,6 +388,9 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
             shown = [scene.objects[i] for i in keep]
             text, answer_text, box0 = clip_select_think(shown, list(keep).index(t), scene.cam2world[frames[0]])
             answer = [0, box0, answer_text]
+        elif think == "clip_entry":
+            text, answer_text, box0 = clip_entry_think(described[0], scene.objects[t], scene.cam2world[frames[0]])
+            answer = [0, box0, answer_text]
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
@@ -503,16 +509,9 @@ class PerceptionDataModule(L.LightningDataModule):
         if not (all(v >= 0 for v in shares.values()) and sum(shares.values()) <= 1):
             raise ValueError(", ".join(f"pretrain.{k}={v}" for k, v in shares.items())
                              + ": each in [0, 1], summing to at most 1")  # fmt: skip
-        if cfg.grounding_think not in (
-            "benchmark",
-            "description",
-            "listing",
-            "clip_listing",
-            "clip_detection",
-            "clip_select",
-        ):
+        if cfg.grounding_think not in ("benchmark", "description", "listing", *CLIP_THINKS):
             raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description', "
-                             "'listing', 'clip_listing' or 'clip_detection'")  # fmt: skip
+                             f"'listing' or one of {CLIP_THINKS}")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):
             raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
         if cfg.attend_at not in ("digits", "box", "first"):

@@ -230,6 +230,8 @@ def clip_listing_think(description: str, objects: list[SceneObject], target: int
 
 
 _CLIP_SHOWS = "The clip shows, in Frame-0's camera, "
+CLIP_THINKS = ("clip_listing", "clip_detection", "clip_select", "clip_entry")
+"""The grounding thinks answered in the first frame's camera (``{.., "frame": 0}``)."""
 
 
 def _colour_entries(objs: list[SceneObject], boxes: list[list[float]]) -> list[dict]:
@@ -261,6 +263,26 @@ def clip_select_think(objects: list[SceneObject], target: int, first_c2w: np.nda
     at = next(n for n, o in enumerate(objs) if o is objects[target])
     entries = _colour_entries(objs, boxes)
     return f"{_CLIP_SHOWS}{json.dumps(entries)}.", json.dumps({**entries[at], "frame": 0}), boxes[at]
+
+
+def clip_entry_think(description: str, target: SceneObject, first_c2w: np.ndarray) -> tuple[str, str, list[float]]:
+    """``think=clip_entry``: no listing; the think copies the referring expression, and the answer is the referred
+    object's own detection-answer entry in the first frame's camera with the frame last (``{"color": .., "label":
+    .., "bbox_3d": .., "frame": 0}``, ``clip_select``'s answer): colour and category copied from the question, then
+    the box written as the clip's detection writes it for that label. Returns the think, the answer and the box.
+
+    Example:
+        >>> from lit3drft.data.scene import SceneObject
+        >>> think, answer, box = clip_entry_think("the red chair", SceneObject("chair", "red", [1.0, 0.0, 0.5],
+        ...                                       [1, 1, 1], 0.0), np.eye(4))
+        >>> print(think)
+        The red chair.
+        >>> print(answer)
+        {"color": "red", "label": "chair", "bbox_3d": [1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], "frame": 0}
+    """
+    _, (box,) = left_to_right([target], first_c2w)
+    entry = _colour_entries([target], [box])[0]
+    return f"{description[0].upper()}{description[1:]}.", json.dumps({**entry, "frame": 0}), box
 
 
 def _row_scene(rec: Record, scene: dict, think: str) -> tuple[str, int, list[int], list[SceneObject], str]:
@@ -305,21 +327,23 @@ def scene_listing_think(rec: Record, scene: dict, min_px: int) -> Record:
 
 
 def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, think: str = "clip_listing") -> Record:
-    """``rec`` with ``SourceConfig.think=clip_listing``, ``clip_detection`` or ``clip_select`` (``think``):
-    ``clip_listing_think``'s trace (``clip_select_think``'s) of the objects of at least ``min_px`` pixels in some frame
+    """``rec`` with ``SourceConfig.think=clip_listing``, ``clip_detection``, ``clip_select`` or ``clip_entry``
+    (``think``): ``clip_listing_think``'s trace (``clip_select_think``'s; ``clip_entry_think``: none) of the objects of at least ``min_px`` pixels in some frame
     of the row's clip (the detection rows' rule), in the first frame's camera, and the answer it leads to, the
     target's box in Frame-0's camera (``{"frame": 0, "bbox_3d": ..}``; ``clip_select``: the listed entry with
     ``"frame": 0``). ``target`` (what the metric scores) is the row's own."""
-    if think not in ("clip_listing", "clip_detection", "clip_select"):
-        raise ValueError(f"think={think!r}: expected 'clip_listing', 'clip_detection' or 'clip_select'")
+    if think not in CLIP_THINKS:
+        raise ValueError(f"think={think!r}: expected one of {CLIP_THINKS}")
     desc, t, frames, objects, where = _row_scene(rec, scene, think)
     _check_target(rec, scene, objects, t, frames, where)
     px = np.asarray(scene["visible_pixels"])[frames].max(0)
     shown = [o for i, o in enumerate(objects) if px[i] >= min_px or i == t]
     at = next(n for n, o in enumerate(shown) if o is objects[t])
     c2w = np.asarray(scene["cam2world"][frames[0]])
-    if think == "clip_select":
-        text, answer, _ = clip_select_think(shown, at, c2w)
+    if think in ("clip_select", "clip_entry"):
+        text, answer, _ = (
+            clip_select_think(shown, at, c2w) if think == "clip_select" else clip_entry_think(desc, objects[t], c2w)
+        )
         return replace(rec, think=text, answer=answer)
     text, box = clip_listing_think(desc, shown, at, c2w, think == "clip_detection")
     return replace(rec, think=text, answer=P.grounding_answer(0, box))

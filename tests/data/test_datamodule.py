@@ -255,6 +255,15 @@ def test_clip_select_answers_the_listed_entry_itself(cfg):
     assert selected[0].answer.endswith(', "frame": 0}</answer>')
 
 
+def test_clip_entry_answers_the_referred_entry_without_a_listing(cfg):
+    """``data.sources[i].think=clip_entry``: the think is the referring expression copied, the answer clip_select's
+    (the referred object's entry in Frame-0's camera with ``"frame": 0``), the target the row's own."""
+    pairs = zip(_grounding_train(cfg, "clip_select").entries[:20], _grounding_train(cfg, "clip_entry").entries[:20])
+    for (a, _, _), (b, _, _) in pairs:
+        desc = b.meta["description"]
+        assert b.think == f"{desc[0].upper()}{desc[1:]}." and b.answer == a.answer and b.target == a.target
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
