@@ -206,9 +206,11 @@ class LitDataModule(L.LightningDataModule):
                 px = cfg.synth.min_visible_pixels
                 recs = [scene_clip_listing_think(r, self._scene(r), px, src.think) for r in recs]
             if split != "train":
-                # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed,
-                # is scored on the same samples
-                rng = np.random.default_rng([cfg.eval_seed, k, SPLITS.index(split)])
+                # the evaluation subset depends on eval_seed only: every run of a grid, whatever its seed (and
+                # whichever data.tasks it trains on: the source's index among all data.sources), is scored on the
+                # same samples
+                at = [s.name for s in cfg.sources].index(src.name)
+                rng = np.random.default_rng([cfg.eval_seed, at, SPLITS.index(split)])
                 cap = min(x for x in (src.max_samples, cfg.max_eval_samples) if x > 0) if (
                     src.max_samples or cfg.max_eval_samples) else 0  # fmt: skip
                 mode = src.mode or cfg.eval_mode

@@ -264,6 +264,22 @@ def test_clip_entry_answers_the_referred_entry_without_a_listing(cfg):
         assert b.think == f"{desc[0].upper()}{desc[1:]}." and b.answer == a.answer and b.target == a.target
 
 
+def test_the_evaluation_subset_of_a_source_does_not_depend_on_data_tasks(cfg):
+    """A run on ``data.tasks=[grounding]`` is scored on the very grounding rows of a run on all tasks (the subset's
+    seed is the source's index among all ``data.sources``, not among the enabled ones)."""
+
+    def rows(tasks: list[str], eval_seed: int) -> list[str]:
+        dm = LitDataModule(replace(cfg, tasks=tasks, max_eval_samples=1, eval_seed=eval_seed))
+        return [r.id for r, _, _ in dm.split_entries("test") if r.task != "detection"]
+
+    picked = set()
+    for eval_seed in range(8):  # one row of 2-3 per source: 8 equal draws by chance is < 1 in 250
+        alone = rows(["grounding"], eval_seed) + rows(["spatial"], eval_seed)
+        assert len(alone) == 2 and alone == rows(["detection", "grounding", "spatial"], eval_seed)
+        picked.update(alone)
+    assert len(picked) > 2  # the subsets do vary with eval_seed
+
+
 def test_prepare_data_generates_the_benchmark_when_missing(tmp_path):
     synth = replace(TINY, scenes=3, frames=8, grounding_frames=[8], detection_clip_lengths=[4])
     dm = LitDataModule(DataConfig(root=str(tmp_path / "bench"), synth=synth, batch_size=2))
