@@ -41,9 +41,7 @@ from lit3drft.data.scene import make_scene
 from lit3drft.data.synth import knobs_of, scene_rng
 from lit3drft.data.tasks import (
     CLIP_THINKS,
-    clip_entry_think,
-    clip_listing_think,
-    clip_select_think,
+    clip_think,
     describe,
     frame_listing_think,
     grounding_think,
@@ -379,18 +377,10 @@ def grounding_question(scene, keep: np.ndarray, insts: np.ndarray, frames: list[
         if think == "listing":
             pixels = np.bincount(insts[k].ravel(), minlength=len(scene.objects) + 1)[1:]
             text, _ = frame_listing_think(described[0], k, scene.objects, pixels, t, scene.cam2world[frames[k]], min_px)
-        elif think in ("clip_listing", "clip_detection"):
+        elif think in CLIP_THINKS:  # the answer: [0, the target's box in Frame-0's camera, its body]
             shown = [scene.objects[i] for i in keep]
-            text, box0 = clip_listing_think(described[0], shown, list(keep).index(t), scene.cam2world[frames[0]],
-                                            colour_keys=think == "clip_detection")  # fmt: skip
-            answer = [0, box0]
-        elif think == "clip_select":
-            shown = [scene.objects[i] for i in keep]
-            text, answer_text, box0 = clip_select_think(shown, list(keep).index(t), scene.cam2world[frames[0]])
-            answer = [0, box0, answer_text]
-        elif think == "clip_entry":
-            text, answer_text, box0 = clip_entry_think(described[0], scene.objects[t], scene.cam2world[frames[0]])
-            answer = [0, box0, answer_text]
+            text, body, box0 = clip_think(think, described[0], shown, list(keep).index(t), scene.cam2world[frames[0]])
+            answer = [0, box0, body]
         else:
             text = grounding_think(described[1], k, box, described[0] if think == "description" else None)
         return {"description": described[0], "think": text, "frame": k, "bbox_3d": box, "object": t,
@@ -406,10 +396,10 @@ def grounding_sample(sample: Sample, mode: str | None = None) -> Sample:
     text = P.grounding_question(g["description"])
     target = {"task": "grounding", "mode": mode, "frame": g["frame"], "bbox_3d": g["bbox_3d"],
               "cam2global": g["cam2global"], "axis_align_matrix": g["axis_align_matrix"]}  # fmt: skip
-    frame, box, *written = g.get("answer") or (g["frame"], g["bbox_3d"])  # clip_listing answers Frame-0's box
-    if g.get("answer"):
-        target["answer_bbox_3d"] = box  # the box the answer writes (the answer-box loss reads it)
-    body = written[0] if written else P.grounding_answer(frame, box)  # clip_select: the listed entry with its frame
+    if g.get("answer"):  # the clip thinks answer Frame-0's box
+        _, target["answer_bbox_3d"], body = g["answer"]  # the box the answer writes (the answer-box loss reads it)
+    else:
+        body = P.grounding_answer(g["frame"], g["bbox_3d"])
     answer = P.format_answer(body, mode, g.get("think"))
     return replace(sample, task="grounding", prompt=P.full_prompt(text, mode), answer=answer, target=target,
                    mode=mode, frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip

@@ -285,6 +285,20 @@ def clip_entry_think(description: str, target: SceneObject, first_c2w: np.ndarra
     return f"{description[0].upper()}{description[1:]}.", json.dumps({**entry, "frame": 0}), box
 
 
+def clip_think(think: str, description: str, objects: list[SceneObject], target: int,
+               first_c2w: np.ndarray) -> tuple[str, str, list[float]]:  # fmt: skip
+    """One of ``CLIP_THINKS`` for object ``target`` of ``objects`` (those the clip shows): the think, the answer's
+    body and the target's box in the first frame's camera."""
+    if think not in CLIP_THINKS:
+        raise ValueError(f"think={think!r}: expected one of {CLIP_THINKS}")
+    if think == "clip_select":
+        return clip_select_think(objects, target, first_c2w)
+    if think == "clip_entry":
+        return clip_entry_think(description, objects[target], first_c2w)
+    text, box = clip_listing_think(description, objects, target, first_c2w, think == "clip_detection")
+    return text, P.grounding_answer(0, box), box
+
+
 def _row_scene(rec: Record, scene: dict, think: str) -> tuple[str, int, list[int], list[SceneObject], str]:
     """A grounding row's referring expression, target object, scene frames and ``scene.json``'s objects, checked
     (``think``: the ``SourceConfig.think`` asking, for the errors)."""
@@ -332,21 +346,13 @@ def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, think: str =
     of the row's clip (the detection rows' rule), in the first frame's camera, and the answer it leads to, the
     target's box in Frame-0's camera (``{"frame": 0, "bbox_3d": ..}``; ``clip_select``: the listed entry with
     ``"frame": 0``). ``target`` (what the metric scores) is the row's own."""
-    if think not in CLIP_THINKS:
-        raise ValueError(f"think={think!r}: expected one of {CLIP_THINKS}")
     desc, t, frames, objects, where = _row_scene(rec, scene, think)
     _check_target(rec, scene, objects, t, frames, where)
     px = np.asarray(scene["visible_pixels"])[frames].max(0)
     shown = [o for i, o in enumerate(objects) if px[i] >= min_px or i == t]
     at = next(n for n, o in enumerate(shown) if o is objects[t])
-    c2w = np.asarray(scene["cam2world"][frames[0]])
-    if think in ("clip_select", "clip_entry"):
-        text, answer, _ = (
-            clip_select_think(shown, at, c2w) if think == "clip_select" else clip_entry_think(desc, objects[t], c2w)
-        )
-        return replace(rec, think=text, answer=answer)
-    text, box = clip_listing_think(desc, shown, at, c2w, think == "clip_detection")
-    return replace(rec, think=text, answer=P.grounding_answer(0, box))
+    text, answer, _ = clip_think(think, desc, shown, at, np.asarray(scene["cam2world"][frames[0]]))
+    return replace(rec, think=text, answer=answer)
 
 
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
