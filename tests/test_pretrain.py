@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lit3drft import fit
 from lit3drft.config import ConfigError, load_config
 from lit3drft.data import prompts as P
-from lit3drft.data.perception import PerceptionDataset, collate_perception
+from lit3drft.data.perception import PerceptionDataModule, PerceptionDataset, collate_perception
 from lit3drft.models import build_policy
 from lit3drft.models.config import ModelConfig
 from lit3drft.modules.pretrain import PretrainModule
@@ -634,6 +634,73 @@ def test_the_clip_entry_think_copies_the_expression_and_answers_clip_selects_ent
         assert b.target == a.target
         checked += 1
     assert checked >= 3
+
+
+def test_grounding_clip_benchmark_asks_the_benchmarks_own_row_on_frames_of_its_own(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_clip=benchmark``: a grounding clip is 8 frames spread over the whole walk by the
+    benchmark's rule, with the dense targets of those frames, and its question, think and answer are what the
+    benchmark's row builder (``tasks.scene_clip_listing_think``, from a ``scene.json``) writes for that scene, those
+    frames and that target; detection clips and the held-out detection clips keep the clip's own 4 frames."""
+    import numpy as np
+
+    from lit3drft.data.perception import clip_cfg
+    from lit3drft.data.records import Record
+    from lit3drft.data.render import render_frame, scene_parts
+    from lit3drft.data.scene import make_scene
+    from lit3drft.data.synth import knobs_of, scene_json, scene_rng
+    from lit3drft.data.tasks import scene_clip_listing_think
+
+    base = ("pretrain.grounding_share=0.6", "pretrain.grounding_mode=ta", "pretrain.grounding_think=clip_select")
+    cfg = _cfg(run_overrides, tmp_path, *base, "pretrain.grounding_clip=benchmark")
+    plain = _cfg(run_overrides, tmp_path, *base)
+    data, plain_data = (PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 12) for c in (cfg, plain))
+    gen = clip_cfg(cfg.data.synth, cfg.pretrain.seed, 3)
+    cells = (cfg.data.synth.width // 28) * (cfg.data.synth.height // 28)
+    seen = set()
+    for i in range(12):
+        (s, dense), (p, p_dense) = data[i], plain_data[i]
+        seen.add(s.task)
+        if s.task != "grounding":  # the stream's other clips are the plain recipe's, byte for byte
+            assert s.answer == p.answer and s.meta["frame_indices"] == p.meta["frame_indices"] and len(s.frames) == 4
+            assert all(torch.equal(dense[k], p_dense[k]) for k in dense)
+            continue
+        frames = s.meta["frame_indices"]
+        scene = make_scene(f"pre{cfg.pretrain.seed}_{i:07d}", scene_rng(gen.seed, i), knobs_of(gen))
+        total = len(scene.cam2world)
+        assert len(s.frames) == len(s.depth) == len(s.cam2world) == 8 == len(frames) and frames[-1] == total - 1
+        assert frames == (np.linspace(0, total - 1 - frames[0], 8).round().astype(int) + frames[0]).tolist()
+        assert 0 <= frames[0] < total // 8 and np.allclose(s.cam2world, scene.cam2world[frames])
+        assert len(dense["owner"]) == 8 * cells and len(p_dense["owner"]) == 4 * cells
+        insts = [render_frame(scene, scene.cam2world[f], parts=scene_parts(scene))[2] for f in frames]
+        visible = np.zeros((total, len(scene.objects)), np.int64)
+        for f, inst in zip(frames, insts):
+            visible[f] = np.bincount(inst.ravel(), minlength=256)[1 : len(scene.objects) + 1]
+        scene.visible_pixels = visible
+        g = s.meta["grounding"]
+        row = Record(id="r", task="grounding", prompt="", answer="", think="",
+                     target={"frame": g["frame"], "bbox_3d": g["bbox_3d"]},
+                     meta={"description": g["description"], "object_id": g["object"], "frame_indices": frames})  # fmt: skip
+        row = scene_clip_listing_think(row, scene_json(scene), gen.min_visible_pixels, "clip_select")
+        assert s.answer == P.format_answer(row.answer, "ta", row.think)
+        assert s.prompt == P.full_prompt(P.grounding_question(g["description"]), "ta")
+        assert s.frame_labels == [P.frame_label(k) for k in range(8)]
+        assert np.asarray(s.frames[g["frame"]]).shape[:2] == (cfg.data.synth.height, cfg.data.synth.width)
+    assert seen == {"grounding", "detection"}
+    held_out = PerceptionDataset(cfg.pretrain, cfg.data.synth, cfg.pretrain.seed + 1, 4, training=False)
+    for i in range(4):
+        s, dense = held_out[i]
+        assert s.task == "detection" and len(s.frames) == 4 and len(dense["owner"]) == 4 * cells
+        if s.meta["grounding"] is not None:  # validation asks it on its own 8 frames
+            from lit3drft.data.perception import grounding_sample
+
+            asked = grounding_sample(s, "ta")
+            assert (
+                len(asked.frames) == 8 and asked.meta["frame_indices"] == s.meta["grounding"]["clip"]["frame_indices"]
+            )
+    with pytest.raises(ValueError, match="pretrain.grounding_clip='walk'"):
+        PerceptionDataModule(replace_model(cfg.pretrain, grounding_clip="walk"), cfg.data.synth, 2, 2, lambda b: b)
+    with pytest.raises(ValueError, match="pointer_weight=1.0"):
+        PerceptionDataModule(replace_model(cfg.pretrain, pointer_weight=1.0), cfg.data.synth, 2, 2, lambda b: b)
 
 
 def test_grounding_questions_train_and_are_scored_at_validation(run_overrides, tmp_path) -> None:

@@ -46,6 +46,7 @@ from lit3drft.data.tasks import (
     frame_listing_think,
     grounding_think,
     left_to_right,
+    walk_frames,
 )
 
 NUM_CLASSES = 1 + len(CATEGORY_NAMES)
@@ -126,6 +127,15 @@ class PretrainConfig:
     detection answer in the first frame's camera, answered with ``"frame": 0`` (``data.sources[i].think``'s rows
     of the same names; ``tasks.clip_listing_think``, ``tasks.clip_select_think``); ``clip_entry``: no listing, the
     answer the referred object's own entry in that camera (``tasks.clip_entry_think``)."""
+    grounding_clip: Literal["clip", "benchmark"] = "clip"
+    """The frames a grounding question is asked on: ``clip`` the clip's own (``clip_len`` frames ``stride`` apart, as
+    the detection clips), ``benchmark`` ``grounding_frames`` frames spread over the whole walk by the benchmark's
+    grounding rows' rule (``tasks.walk_frames``), rendered for it, so that training and held-out grounding clips
+    are drawn as the rows the policy is scored on (on the clip's own frames the target is visible in Frame-0 about
+    two thirds of the time, on the benchmark's rows about half; a ``clip_*`` think answers in Frame-0's camera).
+    Training and held-out detection clips are unchanged. Not with ``pointer_weight`` or ``attend_weight``."""
+    grounding_frames: int = 8
+    """Frames of a ``grounding_clip=benchmark`` question (the benchmark's ``grounding_8f`` rows: 8)."""
     pointer_weight: float = 0.0
     """Weight of a pointer loss on grounding clips: a query read off the language model's last hidden state where
     the answer starts is scored (scaled dot product, softmax over the clip's visual tokens) against keys read off
@@ -246,6 +256,25 @@ def clip_cfg(synth: SynthConfig, seed: int, level: int) -> SynthConfig:
     view) at ``level`` (which sets object counts, camera motion and occluders) under ``seed``."""
     return replace(synth, seed=seed, level=level, min_objects=None, max_objects=None, camera_motion=None,
                    occluders=None)  # fmt: skip
+
+
+def clip_views(scene, frames: list[int], min_px: int) -> tuple[list, np.ndarray, np.ndarray, dict[str, Tensor]]:
+    """``frames`` of ``scene`` rendered: ``(renders, instance maps, the objects of at least min_px pixels in some
+    frame, dense targets over every frame's cells with boxes in the first frame's camera)``."""
+    parts = scene_parts(scene)
+    rendered = [render_frame(scene, scene.cam2world[f], parts=parts) for f in frames]
+    insts = np.stack([r[2] for r in rendered])
+    n = len(scene.objects)
+    visible = np.stack([np.bincount(x.ravel(), minlength=256)[1 : n + 1] for x in insts]).max(0)
+    keep = np.flatnonzero(visible >= min_px)
+    classes = np.array([1 + o.category_id for o in scene.objects], np.int64)
+    first6 = np.array([world_box_to_camera(o.box, scene.cam2world[frames[0]])[:6] for o in scene.objects]).reshape(n, 6)
+    per_frame = []
+    for f, (_, depth, inst) in zip(frames, rendered):
+        own6 = np.array([world_box_to_camera(o.box, scene.cam2world[f])[:6] for o in scene.objects]).reshape(n, 6)
+        per_frame.append(token_targets(inst, depth, own6, first6, classes))
+    dense = {k: torch.from_numpy(np.concatenate([t[k] for t in per_frame])) for k in per_frame[0]}
+    return rendered, insts, keep, dense
 
 
 def token_targets(inst: np.ndarray, depth: np.ndarray, boxes_own: np.ndarray, boxes_first: np.ndarray,
@@ -401,6 +430,10 @@ def grounding_sample(sample: Sample, mode: str | None = None) -> Sample:
     else:
         body = P.grounding_answer(g["frame"], g["bbox_3d"])
     answer = P.format_answer(body, mode, g.get("think"))
+    if "clip" in g:  # ``grounding_clip=benchmark``: asked on frames of its own
+        clip = g["clip"]
+        sample = replace(sample, frames=clip["frames"], depth=clip["depth"], cam2world=clip["cam2world"],
+                         meta={**sample.meta, "frame_indices": clip["frame_indices"]})  # fmt: skip
     return replace(sample, task="grounding", prompt=P.full_prompt(text, mode), answer=answer, target=target,
                    mode=mode, frame_labels=[P.frame_label(i) for i in range(len(sample.frames))])  # fmt: skip
 
@@ -427,30 +460,28 @@ class PerceptionDataset(Dataset):
         span = (c.clip_len - 1) * c.stride
         start = int(rng.integers(0, len(scene.cam2world) - span))
         frames = list(range(start, start + span + 1, c.stride))
-        parts = scene_parts(scene)
-        rendered = [render_frame(scene, scene.cam2world[f], parts=parts) for f in frames]
-        insts = np.stack([r[2] for r in rendered])
+        rendered, insts, keep, dense = clip_views(scene, frames, gen.min_visible_pixels)
         n = len(scene.objects)
-        visible = np.stack([np.bincount(x.ravel(), minlength=256)[1 : n + 1] for x in insts]).max(0)
-        keep = np.flatnonzero(visible >= gen.min_visible_pixels)
-        first_c2w = scene.cam2world[start]
-        objs, boxes = left_to_right([scene.objects[k] for k in keep], first_c2w)  # the benchmark's answer order
+        objs, boxes = left_to_right([scene.objects[k] for k in keep], scene.cam2world[start])  # the answer order
         labels = [o.category for o in objs]
-        classes = np.array([1 + o.category_id for o in scene.objects], np.int64)
-        first6 = np.array([world_box_to_camera(o.box, first_c2w)[:6] for o in scene.objects]).reshape(n, 6)
-        per_frame = []
-        for f, (_, depth, inst) in zip(frames, rendered):
-            own6 = np.array([world_box_to_camera(o.box, scene.cam2world[f])[:6] for o in scene.objects]).reshape(n, 6)
-            per_frame.append(token_targets(inst, depth, own6, first6, classes))
-        dense = {k: torch.from_numpy(np.concatenate([t[k] for t in per_frame])) for k in per_frame[0]}
         u = rng.random() if self.training else 1.0  # one draw: streams without box2d are those of before
         inventory = u < c.inventory_share
         in_first = frame_boxes_2d(insts[0], n, gen.min_visible_pixels)
         box2d = {"boxes": [b for _, b in in_first], "labels": [scene.objects[k].category for k, _ in in_first]}
         lo = c.inventory_share + c.box2d_share
         asked = c.grounding_share > 0 and (not self.training or lo <= u < lo + c.grounding_share)
-        grounding = (grounding_question(scene, keep, insts, frames, rng, c.grounding_think, gen.min_visible_pixels)
-                     if asked else None)  # fmt: skip
+        grounding = None
+        if asked and c.grounding_clip == "benchmark":  # its own frames, drawn as the benchmark's grounding rows
+            g_frames = walk_frames(len(scene.cam2world), c.grounding_frames, rng)
+            g_rendered, g_insts, g_keep, g_dense = clip_views(scene, g_frames, gen.min_visible_pixels)
+            grounding = grounding_question(scene, g_keep, g_insts, g_frames, rng, c.grounding_think,
+                                           gen.min_visible_pixels)  # fmt: skip
+            if grounding is not None:
+                grounding["clip"] = {"frame_indices": g_frames, "frames": [Image.fromarray(r[0]) for r in g_rendered],
+                                     "depth": [r[1] for r in g_rendered], "cam2world": scene.cam2world[g_frames],
+                                     "dense": g_dense}  # fmt: skip
+        elif asked:
+            grounding = grounding_question(scene, keep, insts, frames, rng, c.grounding_think, gen.min_visible_pixels)
         sample = Sample(
             id=f"pretrain{self.seed}/{i}", task="detection", frames=[Image.fromarray(r[0]) for r in rendered],
             prompt=P.full_prompt(INVENTORY_PROMPT if inventory else P.DETECTION_PROMPT, self.mode),
@@ -470,6 +501,7 @@ class PerceptionDataset(Dataset):
             sample = category_sample(sample, str(rng.choice(sorted(set(labels)))))
         elif grounding is not None and self.training:
             sample = grounding_sample(sample, c.grounding_mode)
+            dense = grounding.get("clip", {}).get("dense", dense)  # the targets of the frames it is asked on
         return sample, dense
 
 
@@ -502,6 +534,14 @@ class PerceptionDataModule(L.LightningDataModule):
         if cfg.grounding_think not in ("benchmark", "description", "listing", *CLIP_THINKS):
             raise ValueError(f"pretrain.grounding_think={cfg.grounding_think!r}: must be 'benchmark', 'description', "
                              f"'listing' or one of {CLIP_THINKS}")  # fmt: skip
+        if cfg.grounding_clip not in ("clip", "benchmark"):
+            raise ValueError(f"pretrain.grounding_clip={cfg.grounding_clip!r}: must be 'clip' or 'benchmark'")
+        if cfg.grounding_clip == "benchmark" and not cfg.grounding_frames >= 1:
+            raise ValueError(f"pretrain.grounding_frames={cfg.grounding_frames}: must be at least 1")
+        if cfg.grounding_clip == "benchmark" and (cfg.pointer_weight > 0 or cfg.attend_weight > 0):
+            raise ValueError(f"pretrain.grounding_clip=benchmark with pretrain.pointer_weight={cfg.pointer_weight}, "
+                             f"pretrain.attend_weight={cfg.attend_weight}: the pointer and attention losses read the "
+                             "clip's own frames; set them to 0 or grounding_clip=clip")  # fmt: skip
         if cfg.answer_box_at not in ("all", "first"):
             raise ValueError(f"pretrain.answer_box_at={cfg.answer_box_at!r}: must be 'all' or 'first'")
         if cfg.attend_at not in ("digits", "box", "first"):

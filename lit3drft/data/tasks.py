@@ -355,6 +355,13 @@ def scene_clip_listing_think(rec: Record, scene: dict, min_px: int, think: str =
     return replace(rec, think=text, answer=answer)
 
 
+def walk_frames(total: int, n_frames: int, rng: np.random.Generator) -> list[int]:
+    """The grounding rows' clip: ``n_frames`` frames spread evenly over a walk of ``total`` frames, from a random
+    offset in ``[0, total // n_frames)`` to the last frame (all of them from 0 when ``n_frames >= total``)."""
+    offset = int(rng.integers(0, total // n_frames)) if n_frames < total else 0
+    return (np.linspace(0, total - 1 - offset, n_frames).round().astype(int) + offset).tolist()
+
+
 def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samples: int, min_px: int) -> list[dict]:
     """ScanRefer-style rows: ``n_frames`` frames prefixed "Frame-i: ", the answer frame the one where the
     target's drawn area is largest, its box in that camera's frame."""
@@ -365,8 +372,7 @@ def grounding_rows(scene: Scene, rng: np.random.Generator, n_frames: int, n_samp
     for _ in range(n_samples * 3):
         if len(rows) >= n_samples:
             break
-        offset = int(rng.integers(0, total // n_frames)) if n_frames < total else 0
-        frames = (np.linspace(0, total - 1 - offset, n_frames).round().astype(int) + offset).tolist()
+        frames = walk_frames(total, n_frames, rng)
         px = scene.visible_pixels[frames]  # (n_frames, N)
         candidates = np.flatnonzero(px.max(0) >= min_px)
         if len(candidates) == 0:
