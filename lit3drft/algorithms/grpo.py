@@ -96,6 +96,26 @@ def zero_variance_groups(rewards: Tensor, group_size: int) -> Tensor:
     return (grouped == grouped[:, :1]).all(dim=1)
 
 
+def component_variance_groups(values: Tensor, scored: Tensor, group_size: int) -> tuple[int, int]:
+    """For one reward component (e.g. ``grounding/iou``): ``(groups where every completion is scored by it, those of
+    them where it has no variance)``. The total reward of a group can vary through another term (format, frame)
+    while its IoU term is flat: this tells whether the metric itself gives a signal.
+
+    Args:
+        values: (N,) the component's value per completion, group-contiguous.
+        scored: (N,) bool, where the component applies (its task's completions).
+        group_size: G.
+
+    Example:
+        >>> component_variance_groups(torch.tensor([0.0, 0.5, 0.0, 0.0, 1.0, 1.0]),
+        ...                           torch.tensor([True, True, True, True, False, False]), group_size=2)
+        (2, 1)
+    """
+    scored_groups = scored.view(-1, group_size).all(dim=1)
+    flat = zero_variance_groups(values.float(), group_size) & scored_groups
+    return int(scored_groups.sum()), int(flat.sum())
+
+
 # ------------------------------------------------------------------------------------- importance weights
 def token_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
     """Per-token log importance ratio ``log pi_theta - log pi_old``: (n, T) -> (n, T). ``mask`` is unused."""

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lit3drft.algorithms.config import GRPOConfig
-from lit3drft.algorithms.grpo import group_advantages, grpo_loss, zero_variance_groups
+from lit3drft.algorithms.grpo import component_variance_groups, group_advantages, grpo_loss, zero_variance_groups
 from lit3drft.data.sample import TASKS
 from lit3drft.modules.base import PolicyModule
 from lit3drft.rewards import score_completions
@@ -50,6 +50,8 @@ class GRPOModule(PolicyModule):
         self.grpo_cfg = grpo_cfg
         self.automatic_optimization = False
         self._idle = 0
+        self._components: set[str] = set()
+        """Reward components seen so far (logged every step from then on)."""
 
     def setup(self, stage: str) -> None:
         """Freeze the KL reference before any checkpoint is restored, so a resumed run keeps the same one: the
@@ -145,7 +147,9 @@ class GRPOModule(PolicyModule):
 
     def _log_groups_per_task(self, parts: list[_Part]) -> None:
         """Per task, every step (0 when absent, so no logger carries a stale value over): the groups sampled
-        and how many had no reward variance (no gradient). Their sums over steps give the share per task."""
+        and how many had no reward variance (no gradient). Their sums over steps give the share per task. Per
+        reward component seen so far (``train/reward_groups/grounding/iou``, ``train/reward_zero_std/grounding/iou``;
+        0 in a step without it): the groups it scores and how many of them it scores all alike."""
         zero_std = torch.cat([p.zero_std for p in parts])
         tasks = [t for p in parts for t in p.tasks]
         logs = {}
@@ -153,6 +157,13 @@ class GRPOModule(PolicyModule):
             mask = torch.tensor([t == task for t in tasks], device=zero_std.device)
             logs[f"train/groups/{task}"] = mask.sum().float()
             logs[f"train/zero_std_count/{task}"] = (zero_std & mask).sum().float()
+        G = self.grpo_cfg.num_generations
+        self._components |= {k for p in parts for k in p.rewards.components}
+        for name in sorted(self._components):  # e.g. grounding/iou on its own; 0 in a step without it
+            counts = [component_variance_groups(p.rewards.components[name], p.rewards.masks[name], G)
+                      for p in parts if name in p.rewards.components] or [(0, 0)]  # fmt: skip
+            logs[f"train/reward_groups/{name}"] = torch.tensor(float(sum(c[0] for c in counts)))
+            logs[f"train/reward_zero_std/{name}"] = torch.tensor(float(sum(c[1] for c in counts)))
         self.log_dict(logs, batch_size=len(tasks))
 
     def _optimise(self, parts: list[_Part]) -> dict:

@@ -104,6 +104,13 @@ def test_grpo_step_logs_and_changes_weights(run_overrides, tmp_path, monkeypatch
     assert len(steps) and (groups == prompts).all()
     zero = sum(steps[f"train/zero_std_count/{t}"] for t in ("detection", "grounding", "spatial"))
     assert (zero == steps["train/zero_std_groups"] * groups).all()
+    # per reward component: the groups it scores (its task's) and the flat ones among them
+    sampled = [t for t in ("detection", "grounding") if steps[f"train/groups/{t}"].sum() > 0]
+    assert sampled
+    for task in sampled:
+        scored = steps[f"train/reward_groups/{task}/iou"].fillna(0)  # NaN before the task's first step
+        flat = steps[f"train/reward_zero_std/{task}/iou"].fillna(0)
+        assert (scored == steps[f"train/groups/{task}"]).all() and (flat <= scored).all()
     # every group had variance (forced), so the update moved the weights
     assert (log["train/zero_std_groups"].dropna() == 0).all()
     changed = [not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad]
