@@ -7,7 +7,11 @@ and for each completion whose think holds a listing (``think=listing``'s ``... w
 ``clip_listing``), the best listed box's world IoU with the target (``oracle``: what a perfect selection would
 score), the IoU of the restated entry (``restated``: the selection made), of the answer (the metric), whether the
 answer copies the restated entry's box, whether it copies any listed entry's box (``copies_listed``; ``clip_select``
-writes no restated entry: its answer is the selection), and the entries' count. Prints per-row lines and the means.
+writes no restated entry: its answer is the selection), and the entries' count; and whether the answer reads the
+question: its ``color`` / ``label`` keys (``clip_select`` / ``clip_entry`` answers) equal the referring expression's
+own colour and category (``answer_colour_ok``, ``answer_label_ok``, ``answer_reads_both``; rows whose answer has
+the keys; ``hits_when_read`` / ``hits_when_misread``: Acc@0.25 among those with both right / not). Rows without a
+listing (``clip_entry``) count in these and the answer IoU only. Prints per-row lines and the means.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lit3drft.data.prompts import CATEGORY_NAMES, COLORS
 from lit3drft.evaluate import resolve_target
 from lit3drft.fit import build_datamodule
 from lit3drft.rewards.boxes import box3d_iou
@@ -60,6 +65,30 @@ def _box(entry) -> list[float] | None:
     return None
 
 
+def expression_head(description: str) -> tuple[str, str] | None:
+    """The referred object's (colour, category) from an expression ``the <colour> <category> ...``, or None.
+
+    >>> expression_head("the pink armchair farthest from the grey trash can")
+    ('pink', 'armchair')
+    >>> expression_head("the grey trash can closest to the red armchair")
+    ('grey', 'trash can')
+    """
+    words = description.lower().removeprefix("the ").split(" ")
+    rest = " ".join(words[1:])
+    cat = max((c for c in CATEGORY_NAMES if rest == c or rest.startswith(c + " ")), key=len, default=None)
+    return (words[0], cat) if words[0] in COLORS and cat else None
+
+
+def answer_entry(text: str) -> tuple[str, str] | None:
+    """The answer's (color, label) keys, or None."""
+    try:
+        ans = json.loads(extract_answer(text) or "null")
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(ans, dict) and isinstance(ans.get("color"), str) and isinstance(ans.get("label"), str)
+    return (ans["color"], ans["label"]) if ok else None
+
+
 def _iou(box: list[float], frame: int, target: dict, gt: torch.Tensor) -> float:
     p = _to_world(box, frame, target)
     return 0.0 if p is None else float(box3d_iou(p[None], gt[None], paired=True)[0])
@@ -82,6 +111,10 @@ def main(argv=None) -> int:
     cols: dict[str, list[float]] = {"oracle": [], "restated": [], "answer": [], "copies": [], "copies_listed": [],
                                     "listed": []}  # fmt: skip
     found = 0
+    reads: tuple[list[bool], list[bool]] = ([], [])
+    read_hits: list[bool] = []
+    misread_hits: list[bool] = []
+    answer_ious: list[float] = []
     for rec in rows:
         text = next((v for k, v in preds.items() if k == rec.id or k.startswith(f"{rec.id}")), None)
         if text is None:
@@ -92,8 +125,14 @@ def main(argv=None) -> int:
         got = listing(text)
         ans = parse_grounding(extract_answer(text))
         a_iou = _iou(ans[1], ans[0], t, gt) if ans else 0.0
+        head, entry = expression_head(str(rec.meta.get("description", ""))), answer_entry(text)
+        if head and entry:
+            reads[0].append(entry[0] == head[0])
+            reads[1].append(entry[1] == head[1])
+            (read_hits if entry == head else misread_hits).append(a_iou >= 0.25)
+        answer_ious.append(a_iou)
         if got is None:
-            print(f"{rec.id}: no listing; answer IoU {a_iou:.2f}")
+            print(f"{rec.id}: no listing; answer IoU {a_iou:.2f}, answer entry {entry}, expression {head}")
             continue
         frame, entries, chosen = got
         ious = [_iou(_box(e), frame, t, gt) for e in entries]
@@ -109,6 +148,12 @@ def main(argv=None) -> int:
     out["oracle_acc25"] = round(float(np.mean(np.array(cols["oracle"]) >= 0.25)), 4) if cols["oracle"] else 0.0
     out["restated_acc25"] = round(float(np.mean(np.array(cols["restated"]) >= 0.25)), 4) if cols["restated"] else 0.0
     out["rows"], out["with_prediction"], out["with_listing"] = len(rows), found, len(cols["oracle"])
+    out["answer_acc25_all"] = round(float(np.mean(np.array(answer_ious) >= 0.25)), 4) if answer_ious else 0.0
+    mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    out["answer_colour_ok"], out["answer_label_ok"] = mean(reads[0]), mean(reads[1])
+    out["answer_reads_both"] = mean([a and b for a, b in zip(*reads)])
+    out["with_answer_entry"] = len(reads[0])
+    out["hits_when_read"], out["hits_when_misread"] = mean(read_hits), mean(misread_hits)
     print(json.dumps(out, indent=1))
     return 0
 

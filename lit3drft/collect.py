@@ -111,7 +111,9 @@ def markdown_table(summary: pd.DataFrame, metrics: list[str] | None = None, scal
 
 
 def curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
-    """Scalars from every run's TensorBoard files: columns run, stage, tag, step, value."""
+    """Scalars from every run's TensorBoard files: columns run, stage, tag, step, value. A reward component's
+    mean (``train/reward/<c>``) is dropped at the steps where GRPO logged ``train/reward_count/<c>`` = 0 (no
+    completion of its task that step: the logger repeats the previous step's value there)."""
     rows = []
     for event_dir in sorted((Path(runs_root) / experiment).glob("*/tb/*")):
         acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
@@ -119,7 +121,27 @@ def curves(experiment: str, runs_root: str | Path = "runs") -> pd.DataFrame:
         run, stage = event_dir.parent.parent.name, event_dir.name
         for tag in acc.Tags().get("scalars", []):
             rows += [(run, stage, tag, ev.step, ev.value) for ev in acc.Scalars(tag)]
-    return pd.DataFrame(rows, columns=["run", "stage", "tag", "step", "value"])
+    return drop_unscored_means(pd.DataFrame(rows, columns=["run", "stage", "tag", "step", "value"]))
+
+
+def drop_unscored_means(curves: pd.DataFrame) -> pd.DataFrame:
+    """``curves`` without the ``train/reward/<c>`` rows of steps whose ``train/reward_count/<c>`` is 0.
+
+    Example:
+        >>> c = pd.DataFrame({"run": "r", "stage": "0-grpo", "step": [0, 1, 0, 1],
+        ...                   "tag": ["train/reward/grounding/iou"] * 2 + ["train/reward_count/grounding/iou"] * 2,
+        ...                   "value": [0.3, 0.3, 16.0, 0.0]})
+        >>> drop_unscored_means(c)[["step", "value"]].values.tolist()  # the mean's step 1 is gone
+        [[0.0, 0.3], [0.0, 16.0], [1.0, 0.0]]
+    """
+    counts = curves[curves["tag"].str.startswith("train/reward_count/")]
+    if counts.empty:
+        return curves
+    unscored = counts[counts["value"] == 0].assign(tag=lambda d: "train/reward/" + d["tag"].str.removeprefix(
+        "train/reward_count/"))[["run", "stage", "tag", "step"]]  # fmt: skip
+    keys = ["run", "stage", "tag", "step"]
+    hit = curves[keys].merge(unscored.drop_duplicates(), on=keys, how="left", indicator=True)["_merge"] == "both"
+    return curves[~hit.to_numpy()].reset_index(drop=True)
 
 
 def collect(

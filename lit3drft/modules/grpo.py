@@ -148,8 +148,11 @@ class GRPOModule(PolicyModule):
     def _log_groups_per_task(self, parts: list[_Part]) -> None:
         """Per task, every step (0 when absent, so no logger carries a stale value over): the groups sampled
         and how many had no reward variance (no gradient). Their sums over steps give the share per task. Per
-        reward component seen so far (``train/reward_groups/grounding/iou``, ``train/reward_zero_std/grounding/iou``;
-        0 in a step without it): the groups it scores and how many of them it scores all alike."""
+        reward component seen so far (``train/reward_groups/grounding/iou``, ``train/reward_zero_std/grounding/iou``,
+        ``train/reward_count/grounding/iou``; 0 in a step without it): the groups it scores, how many of them it
+        scores all alike, and the completions it scores. ``train/reward/<component>`` (its mean, ``_log_step``) has
+        no value in a step without it, and Lightning's loggers then repeat the last one: a reader keeps it only
+        where the count is > 0 (``collect.curves`` does)."""
         zero_std = torch.cat([p.zero_std for p in parts])
         tasks = [t for p in parts for t in p.tasks]
         logs = {}
@@ -164,6 +167,8 @@ class GRPOModule(PolicyModule):
                       for p in parts if name in p.rewards.components] or [(0, 0)]  # fmt: skip
             logs[f"train/reward_groups/{name}"] = torch.tensor(float(sum(c[0] for c in counts)))
             logs[f"train/reward_zero_std/{name}"] = torch.tensor(float(sum(c[1] for c in counts)))
+            scored = sum(int(p.rewards.masks[name].sum()) for p in parts if name in p.rewards.components)
+            logs[f"train/reward_count/{name}"] = torch.tensor(float(scored))
         self.log_dict(logs, batch_size=len(tasks))
 
     def _optimise(self, parts: list[_Part]) -> dict:

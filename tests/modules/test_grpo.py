@@ -111,6 +111,8 @@ def test_grpo_step_logs_and_changes_weights(run_overrides, tmp_path, monkeypatch
         scored = steps[f"train/reward_groups/{task}/iou"].fillna(0)  # NaN before the task's first step
         flat = steps[f"train/reward_zero_std/{task}/iou"].fillna(0)
         assert (scored == steps[f"train/groups/{task}"]).all() and (flat <= scored).all()
+        count = steps[f"train/reward_count/{task}/iou"].fillna(0)  # completions scored, 0 in a step without it
+        assert (count == scored * cfg.grpo.num_generations).all()
     # every group had variance (forced), so the update moved the weights
     assert (log["train/zero_std_groups"].dropna() == 0).all()
     changed = [not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad]
