@@ -11,7 +11,9 @@ writes no restated entry: its answer is the selection), and the entries' count; 
 question: its ``color`` / ``label`` keys (``clip_select`` / ``clip_entry`` answers) equal the referring expression's
 own colour and category (``answer_colour_ok``, ``answer_label_ok``, ``answer_reads_both``; rows whose answer has
 the keys; ``hits_when_read`` / ``hits_when_misread``: Acc@0.25 among those with both right / not). Rows without a
-listing (``clip_entry``) count in these and the answer IoU only. Prints per-row lines and the means.
+listing (``clip_entry``) count in these and the answer IoU only; ``think_is_expression``: rows whose think is the
+expression copied (``clip_entry``), ``answer_copies_think``: among them, answers whose colour and label are the
+copied expression's. Prints per-row lines and the means.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def main(argv=None) -> int:
     read_hits: list[bool] = []
     misread_hits: list[bool] = []
     answer_ious: list[float] = []
+    copied: list[bool] = []
     for rec in rows:
         text = next((v for k, v in preds.items() if k == rec.id or k.startswith(f"{rec.id}")), None)
         if text is None:
@@ -126,6 +129,9 @@ def main(argv=None) -> int:
         ans = parse_grounding(extract_answer(text))
         a_iou = _iou(ans[1], ans[0], t, gt) if ans else 0.0
         head, entry = expression_head(str(rec.meta.get("description", ""))), answer_entry(text)
+        think = text.split("</think>")[0].replace("<think>", "").strip().rstrip(".")
+        if think.lower() == str(rec.meta.get("description", "")).lower():  # clip_entry: the think is the expression
+            copied.append(entry == head)
         if head and entry:
             reads[0].append(entry[0] == head[0])
             reads[1].append(entry[1] == head[1])
@@ -154,6 +160,7 @@ def main(argv=None) -> int:
     out["answer_reads_both"] = mean([a and b for a, b in zip(*reads)])
     out["with_answer_entry"] = len(reads[0])
     out["hits_when_read"], out["hits_when_misread"] = mean(read_hits), mean(misread_hits)
+    out["think_is_expression"], out["answer_copies_think"] = len(copied), mean(copied)
     print(json.dumps(out, indent=1))
     return 0
 
