@@ -82,11 +82,13 @@ def expression_head(description: str) -> tuple[str, str] | None:
 
 
 def answer_entry(text: str) -> tuple[str, str] | None:
-    """The answer's (color, label) keys, or None."""
+    """The answer's (color, label) keys (``clip_name``: its ``object`` key read as colour and category), or None."""
     try:
         ans = json.loads(extract_answer(text) or "null")
     except json.JSONDecodeError:
         return None
+    if isinstance(ans, dict) and isinstance(ans.get("object"), str):  # clip_name: {"object": "red chair", ..}
+        return expression_head(f"the {ans['object']}") or (ans["object"], "")
     ok = isinstance(ans, dict) and isinstance(ans.get("color"), str) and isinstance(ans.get("label"), str)
     return (ans["color"], ans["label"]) if ok else None
 

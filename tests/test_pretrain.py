@@ -636,6 +636,33 @@ def test_the_clip_entry_think_copies_the_expression_and_answers_clip_selects_ent
     assert checked >= 3
 
 
+def test_the_clip_name_think_names_the_entry_in_one_key(run_overrides, tmp_path) -> None:
+    """``pretrain.grounding_think=clip_name``: clip_entry's clips, think and box; the answer's object named in one key
+    (the expression's own first words)."""
+    import json
+    import re
+
+    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta")
+    entry, name = (
+        PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 8)
+        for c in (
+            _cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in ("clip_entry", "clip_name")
+        )
+    )
+    checked = 0
+    for i in range(8):
+        a, b = entry[i][0], name[i][0]
+        if a.task != "grounding":
+            continue
+        body = lambda s: json.loads(re.search(r"<answer>(.*)</answer>", s).group(1))  # noqa: E731
+        ea, eb = body(a.answer), body(b.answer)
+        assert eb == {"object": f"{ea['color']} {ea['label']}", "bbox_3d": ea["bbox_3d"], "frame": 0}
+        assert b.answer.split("<answer>")[0] == a.answer.split("<answer>")[0] and b.target == a.target
+        assert b.meta["grounding"]["description"].startswith(f"the {eb['object']} ")
+        checked += 1
+    assert checked >= 3
+
+
 def test_grounding_clip_benchmark_asks_the_benchmarks_own_row_on_frames_of_its_own(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_clip=benchmark``: a grounding clip is 8 frames spread over the whole walk by the
     benchmark's rule, with the dense targets of those frames, and its question, think and answer are what the

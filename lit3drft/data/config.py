@@ -131,7 +131,9 @@ class SourceConfig:
     mode: Literal["", "da", "ta"] = ""
     """Answer mode of this source's rows in training and evaluation alike; empty: `DataConfig.train_mode` and
     `eval_mode`. E.g. `ta` on grounding alone: its think names the target before the box is written."""
-    think: Literal["", "description", "listing", "clip_listing", "clip_detection", "clip_select", "clip_entry"] = ""
+    think: Literal[
+        "", "description", "listing", "clip_listing", "clip_detection", "clip_select", "clip_entry", "clip_name"
+    ] = ""
     """Think of this source's TA training answers: empty keeps the rows' own; ``description`` (grounding rows) writes
     the row's referring expression (``metadata.description``) into it instead of the reasoning about which object is
     meant, as the pretraining's ``pretrain.grounding_think=description`` does (``tasks.grounding_think``);
@@ -146,7 +148,9 @@ class SourceConfig:
     restated entry, and the answer the referred entry itself with its frame last (``{"color": .., "label": ..,
     "bbox_3d": .., "frame": 0}``, ``tasks.clip_select_think``; the parser reads ``frame`` and ``bbox_3d``);
     ``clip_entry``: no listing (the think copies the referring expression), the answer the referred object's own
-    entry in the first frame's camera, as ``clip_select``'s (``tasks.clip_entry_think``)."""
+    entry in the first frame's camera, as ``clip_select``'s (``tasks.clip_entry_think``); ``clip_name``: the same
+    think and box, the answer naming the object in one key, ``{"object": "red chair", "bbox_3d": .., "frame": 0}``
+    (``tasks.clip_name_think``)."""
     media_root: str = ""
     """Directory that image paths (VG-LLM) or `<dataset>/<scene_name>.mp4` (VSI-Bench) are relative to;
     empty means `DataConfig.root` (and `<root>/videos` for VSI-Bench)."""

@@ -115,7 +115,14 @@ class PretrainConfig:
     colour and anchor, then the frame it looks largest in and its depth), which names the target right before the
     box is written, as a detection answer's label precedes its box. Detection clips stay direct answers."""
     grounding_think: Literal[
-        "benchmark", "description", "listing", "clip_listing", "clip_detection", "clip_select", "clip_entry"
+        "benchmark",
+        "description",
+        "listing",
+        "clip_listing",
+        "clip_detection",
+        "clip_select",
+        "clip_entry",
+        "clip_name",
     ] = "benchmark"
     """The think of ``ta`` grounding clips: ``benchmark`` (``tasks.grounding_think``: a count of the target's kind and
     its distance to the anchor, in room coordinates the frames do not show) or ``description``: the referring
@@ -126,7 +133,8 @@ class PretrainConfig:
     box the answer copies; ``clip_listing``, ``clip_detection`` and ``clip_select``: the clip's objects as its
     detection answer in the first frame's camera, answered with ``"frame": 0`` (``data.sources[i].think``'s rows
     of the same names; ``tasks.clip_listing_think``, ``tasks.clip_select_think``); ``clip_entry``: no listing, the
-    answer the referred object's own entry in that camera (``tasks.clip_entry_think``)."""
+    answer the referred object's own entry in that camera (``tasks.clip_entry_think``); ``clip_name``: its think and
+    box, the answer ``{"object": "<colour> <category>", "bbox_3d": .., "frame": 0}`` (``tasks.clip_name_think``)."""
     grounding_clip: Literal["clip", "benchmark"] = "clip"
     """The frames a grounding question is asked on: ``clip`` the clip's own (``clip_len`` frames ``stride`` apart, as
     the detection clips), ``benchmark`` ``grounding_frames`` frames spread over the whole walk by the benchmark's

@@ -264,6 +264,26 @@ def test_clip_entry_answers_the_referred_entry_without_a_listing(cfg):
         assert b.think == f"{desc[0].upper()}{desc[1:]}." and b.answer == a.answer and b.target == a.target
 
 
+def test_clip_name_answers_the_entry_named_in_one_key(cfg):
+    """``think=clip_name``: clip_entry's think, box, frame and target; the answer's ``object`` is the entry's colour
+    and category in one key (``{"object": "red chair", "bbox_3d": .., "frame": 0}``), which the grounding parser
+    ignores, so both score the same."""
+    import json
+
+    import torch
+
+    from lit3drft.rewards.grounding import grounding_scores
+
+    pairs = list(zip(_grounding_train(cfg, "clip_entry").entries[:20], _grounding_train(cfg, "clip_name").entries[:20]))
+    for (a, _, _), (b, _, _) in pairs:
+        ea, eb = json.loads(a.answer), json.loads(b.answer)
+        assert list(eb) == ["object", "bbox_3d", "frame"] and eb["object"] == f"{ea['color']} {ea['label']}"
+        assert (eb["bbox_3d"], eb["frame"]) == (ea["bbox_3d"], ea["frame"]) and b.think == a.think
+        assert b.target == a.target and b.meta["description"].startswith(f"the {eb['object']} ")
+        scores = grounding_scores([f"<answer>{r.answer}</answer>" for r in (a, b)], [a.target, b.target])
+        assert all(torch.equal(x[0], x[1]) for x in scores) and scores[2].all()
+
+
 def test_the_evaluation_subset_of_a_source_does_not_depend_on_data_tasks(cfg):
     """A run on ``data.tasks=[grounding]`` is scored on the very grounding rows of a run on all tasks (the subset's
     seed is the source's index among all ``data.sources``, not among the enabled ones)."""
