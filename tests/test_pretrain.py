@@ -614,26 +614,26 @@ def test_the_clip_select_think_answers_the_listed_entry_itself(run_overrides, tm
     assert module._answer_box_loss(hidden, b["labels"], [s.target]).item() < 1e-6
 
 
+def _grounding_pairs(run_overrides, tmp_path, first: str, second: str, n: int = 8) -> list:
+    """The grounding clips of the first ``n`` samples of two pretraining streams that differ only in
+    ``pretrain.grounding_think`` (``first``, ``second``), as pairs of samples."""
+    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta")
+    a, b = (
+        PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 8)
+        for c in (_cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in (first, second))
+    )
+    return [(a[i][0], b[i][0]) for i in range(n) if a[i][0].task == "grounding"]
+
+
 def test_the_clip_entry_think_copies_the_expression_and_answers_clip_selects_entry(run_overrides, tmp_path) -> None:
     """``pretrain.grounding_think=clip_entry``: the same clips and answers as clip_select, the think the referring
     expression copied (no listing)."""
-    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta")
-    sel, entry = (
-        PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 8)
-        for c in (
-            _cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in ("clip_select", "clip_entry")
-        )
-    )
-    checked = 0
-    for i in range(8):
-        a, b = sel[i][0], entry[i][0]
-        if a.task != "grounding":
-            continue
+    pairs = _grounding_pairs(run_overrides, tmp_path, "clip_select", "clip_entry")
+    for a, b in pairs:
         desc = b.meta["grounding"]["description"]
         assert b.answer == f"<think>{desc[0].upper()}{desc[1:]}.</think>" + a.answer.split("</think>")[1]
         assert b.target == a.target
-        checked += 1
-    assert checked >= 3
+    assert len(pairs) >= 3
 
 
 def test_the_clip_name_think_names_the_entry_in_one_key(run_overrides, tmp_path) -> None:
@@ -642,25 +642,16 @@ def test_the_clip_name_think_names_the_entry_in_one_key(run_overrides, tmp_path)
     import json
     import re
 
-    base = ("pretrain.grounding_share=1.0", "pretrain.grounding_mode=ta")
-    entry, name = (
-        PerceptionDataset(c.pretrain, c.data.synth, c.pretrain.seed, 8)
-        for c in (
-            _cfg(run_overrides, tmp_path, *base, f"pretrain.grounding_think={t}") for t in ("clip_entry", "clip_name")
-        )
-    )
-    checked = 0
-    for i in range(8):
-        a, b = entry[i][0], name[i][0]
-        if a.task != "grounding":
-            continue
-        body = lambda s: json.loads(re.search(r"<answer>(.*)</answer>", s).group(1))  # noqa: E731
+    def body(answer: str) -> dict:
+        return json.loads(re.search(r"<answer>(.*)</answer>", answer).group(1))
+
+    pairs = _grounding_pairs(run_overrides, tmp_path, "clip_entry", "clip_name")
+    for a, b in pairs:
         ea, eb = body(a.answer), body(b.answer)
         assert eb == {"object": f"{ea['color']} {ea['label']}", "bbox_3d": ea["bbox_3d"], "frame": 0}
         assert b.answer.split("<answer>")[0] == a.answer.split("<answer>")[0] and b.target == a.target
         assert b.meta["grounding"]["description"].startswith(f"the {eb['object']} ")
-        checked += 1
-    assert checked >= 3
+    assert len(pairs) >= 3
 
 
 def test_grounding_clip_benchmark_asks_the_benchmarks_own_row_on_frames_of_its_own(run_overrides, tmp_path) -> None:
